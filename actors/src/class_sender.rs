@@ -1,0 +1,246 @@
+//! `ClassSender`: one per (channel, class). Holds the class's own rate limit
+//! for the channel and the deliveries waiting for it, submits to the
+//! channel's provider only when the class may send — so an exhausted class
+//! never occupies shared capacity or holds up another class — and decides
+//! what a provider's answer means: ack, retry through the broker, fall back,
+//! or dead-letter.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::backoff;
+use crate::messages::{Crash, Deliver, FallBack, Observe, Ping, SendOutcome, Submit};
+use crate::metrics::Outcome;
+use crate::model::{Channel, Job, SendError};
+use crate::ports::{Broker, DeadLetter};
+use crate::rate_limiter::Gcra;
+use crate::registry::{send_or_return, Registry};
+use crate::ticket::Ticket;
+
+/// How soon to try the provider again when it is being restarted.
+const PROVIDER_RETRY: Duration = Duration::from_millis(50);
+
+/// What a class sender needs to know; no I/O config.
+#[derive(Clone, Debug)]
+pub struct ClassParams {
+    pub class: Arc<str>,
+    pub channel: Channel,
+    /// 1 is the most urgent; orders the provider's queue.
+    pub priority: u8,
+    /// Sends per minute on this channel.
+    pub rate_per_min: u32,
+    /// Broker retries after the first attempt.
+    pub retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The channel a failed send falls back to, if the class has one.
+    pub fallback: Option<Channel>,
+}
+
+pub struct ClassSender {
+    /// The class and channel served, with their limits and retry policy.
+    params: ClassParams,
+    /// The class's own pace on this channel.
+    limiter: Gcra,
+    /// Deliveries waiting for the limiter (at most the consumer's prefetch).
+    waiting: VecDeque<Deliver>,
+    /// A timer to pump again is armed.
+    wake_armed: bool,
+    /// Where the provider, fallback and metrics actors are.
+    registry: Registry,
+    /// Confirmed publishes of retries and dead letters.
+    broker: Arc<dyn Broker>,
+}
+
+impl ClassSender {
+    pub fn new(params: ClassParams, registry: Registry, broker: Arc<dyn Broker>) -> ClassSender {
+        ClassSender {
+            limiter: Gcra::per_minute(params.rate_per_min),
+            params,
+            waiting: VecDeque::new(),
+            wake_armed: false,
+            registry,
+            broker,
+        }
+    }
+
+    /// Submits waiting deliveries while the class's limiter allows.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while !self.waiting.is_empty() {
+            if let Err(wait) = self.limiter.try_acquire(Instant::now()) {
+                self.wake_after(wait, ctx);
+                return;
+            }
+            let Deliver { job, ticket } = self.waiting.pop_front().expect("not empty");
+            let submit = Submit {
+                priority: self.params.priority,
+                job,
+                ticket,
+                throttled: 0,
+            };
+            if let Err(submit) = send_or_return(self.registry.provider(self.params.channel), submit)
+            {
+                // The provider is restarting; the slot we took is lost, which
+                // only errs on the slow side.
+                self.waiting.push_front(Deliver {
+                    job: submit.job,
+                    ticket: submit.ticket,
+                });
+                self.wake_after(PROVIDER_RETRY, ctx);
+                return;
+            }
+        }
+    }
+
+    fn wake_after(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        if self.wake_armed {
+            return;
+        }
+        self.wake_armed = true;
+        ctx.run_later(after, |act, ctx| {
+            act.wake_armed = false;
+            act.pump(ctx);
+        });
+    }
+
+    fn observe_outcome(&self, outcome: Outcome) {
+        self.registry.observe(Observe::Outcome {
+            channel: self.params.channel,
+            class: self.params.class.clone(),
+            outcome,
+        });
+    }
+
+    fn on_failure(&mut self, mut job: Job, ticket: Ticket, error: SendError) {
+        let p = &self.params;
+        let span = tracing::info_span!("failure", event_id = %job.event_id, class = %p.class, channel = %p.channel);
+        let _enter = span.enter();
+        if error.is_retriable() && job.attempt < p.retries {
+            let retry = job.attempt + 1;
+            let mut delay = backoff::jittered(p.base_delay, p.max_delay, retry, &mut rand::rng());
+            if let Some(after) = error.retry_after {
+                delay = delay
+                    .max(after)
+                    .min(backoff::nominal(p.base_delay, p.max_delay, retry));
+            }
+            info!(%error, retry, ?delay, "send failed; retrying later");
+            self.observe_outcome(Outcome::Retry);
+            self.registry.observe(Observe::Retry {
+                channel: p.channel,
+                class: p.class.clone(),
+            });
+            let publish = self.broker.retry(&job, delay, error.kind.label());
+            ticket.ack_when_confirmed(publish, span.clone());
+            return;
+        }
+        let reason = if error.is_retriable() {
+            "retries_exhausted"
+        } else {
+            error.kind.label()
+        };
+        let email_ok = job.to_email.is_some();
+        if let Some(to) = p
+            .fallback
+            .filter(|_| job.fallback_from.is_none() && email_ok)
+        {
+            info!(%error, to = %to, "send failed; falling back");
+            self.observe_outcome(Outcome::Fallback);
+            let msg = FallBack {
+                job,
+                ticket,
+                reason,
+            };
+            // The fallback actor is never gone for long; if it is, the
+            // ticket requeues the delivery.
+            if let Some(fb) = self.registry.fallback() {
+                fb.do_send(msg);
+            }
+            return;
+        }
+        warn!(%error, reason, "send failed; dead-lettering");
+        self.observe_outcome(Outcome::DeadLetter);
+        self.registry.observe(Observe::DeadLetter {
+            class: p.class.clone(),
+            reason,
+        });
+        job.attempt += 1;
+        let letter = DeadLetter {
+            class: p.class.to_string(),
+            reason,
+            detail: error.to_string(),
+            channel: Some(p.channel),
+            attempts: job.attempt,
+            priority: job.amqp_priority,
+            raw: job.raw.clone(),
+        };
+        ticket.ack_when_confirmed(self.broker.dead_letter(letter), span.clone());
+    }
+}
+
+impl Actor for ClassSender {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        debug!(class = %self.params.class, channel = %self.params.channel, "class sender started");
+    }
+}
+
+impl Handler<Deliver> for ClassSender {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        self.waiting.push_back(msg);
+        self.pump(ctx);
+        if !self.waiting.is_empty() {
+            self.registry.observe(Observe::RateLimited {
+                channel: self.params.channel,
+                class: self.params.class.clone(),
+            });
+        }
+    }
+}
+
+impl Handler<SendOutcome> for ClassSender {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendOutcome, _: &mut Context<Self>) {
+        let SendOutcome {
+            job,
+            ticket,
+            result,
+        } = msg;
+        match result {
+            Ok(sent) => {
+                debug!(event_id = %job.event_id, class = %self.params.class, channel = %self.params.channel,
+                    provider_id = %sent.receipt.provider_id, "sent");
+                self.observe_outcome(Outcome::Sent);
+                self.registry.observe(Observe::Cost {
+                    channel: self.params.channel,
+                    class: self.params.class.clone(),
+                    usd: sent.cost_usd,
+                });
+                ticket.ack();
+            }
+            Err(e) => self.on_failure(job, ticket, e),
+        }
+    }
+}
+
+impl Handler<Ping> for ClassSender {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
+impl Handler<Crash> for ClassSender {
+    type Result = ();
+
+    fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
+        crate::supervisor::crash_now(crash, self, ctx);
+    }
+}

@@ -1,0 +1,116 @@
+//! Every message herald's actors exchange, in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Message;
+
+use crate::metrics::Outcome;
+use crate::model::{Channel, Job, Receipt, SendError};
+use crate::ticket::Ticket;
+
+/// An event for a class sender: send it at the class's pace.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub job: Job,
+    pub ticket: Ticket,
+}
+
+/// A job for a provider actor, queued by its class priority.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Submit {
+    /// 1 is served first.
+    pub priority: u8,
+    pub job: Job,
+    pub ticket: Ticket,
+    /// How many times the provider throttled this job (429) so far.
+    pub throttled: u32,
+}
+
+/// A provider's acceptance, with what it cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sent {
+    pub receipt: Receipt,
+    /// SMS segments (1 for email).
+    pub units: u32,
+    pub cost_usd: f64,
+}
+
+/// The result of a provider attempt, sent back to the current class sender
+/// of the job's (channel, class) — whichever instance is alive now.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendOutcome {
+    pub job: Job,
+    pub ticket: Ticket,
+    pub result: Result<Sent, SendError>,
+}
+
+/// A failed send to try on another channel.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct FallBack {
+    pub job: Job,
+    pub ticket: Ticket,
+    /// Why the original channel failed (a fixed code).
+    pub reason: &'static str,
+}
+
+/// Something for the metrics actor to count.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum Observe {
+    Outcome {
+        channel: Channel,
+        class: Arc<str>,
+        outcome: Outcome,
+    },
+    ProviderCall {
+        channel: Channel,
+        duration: Duration,
+    },
+    Cost {
+        channel: Channel,
+        class: Arc<str>,
+        usd: f64,
+    },
+    Retry {
+        channel: Channel,
+        class: Arc<str>,
+    },
+    Fallback {
+        from: Channel,
+        to: Channel,
+        class: Arc<str>,
+    },
+    DeadLetter {
+        /// A configured class, or `unknown`.
+        class: Arc<str>,
+        reason: &'static str,
+    },
+    RateLimited {
+        channel: Channel,
+        class: Arc<str>,
+    },
+    Restart {
+        actor: &'static str,
+    },
+}
+
+/// Health check from the supervisor: answered at once by a healthy actor.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+/// Fault injection for supervision tests: makes an actor fail the way real
+/// actors do.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum Crash {
+    /// Panic inside the handler.
+    Panic,
+    /// Stop answering: block the mailbox forever.
+    Freeze,
+}

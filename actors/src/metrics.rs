@@ -1,0 +1,175 @@
+//! The Prometheus families SPEC.md names, in one registry per engine.
+//! Label values come from fixed sets (channels, configured classes, outcome
+//! and reason codes, actor kinds): never an address, user id or event id.
+
+use std::sync::Arc;
+
+use prometheus::{
+    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::model::Channel;
+
+/// What became of one provider attempt (`outcome` label of
+/// `herald_deliveries_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider accepted the message.
+    Sent,
+    /// A retriable failure; another attempt is scheduled through the broker.
+    Retry,
+    /// A failure handed to the fallback channel.
+    Fallback,
+    /// A failure that ended in the dead-letter queue.
+    DeadLetter,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Retry => "retry",
+            Outcome::Fallback => "fallback",
+            Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// herald's metric families.
+pub struct Metrics {
+    /// Where every family is registered; `/metrics` gathers it.
+    pub registry: Registry,
+    pub deliveries: IntCounterVec,
+    pub delivery_duration: HistogramVec,
+    pub cost_usd: CounterVec,
+    pub queue_messages: IntGaugeVec,
+    pub fallbacks: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub actor_restarts: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let m = Metrics {
+            deliveries: IntCounterVec::new(
+                Opts::new("herald_deliveries_total", "Provider attempts by outcome."),
+                &["channel", "class", "outcome"],
+            )
+            .expect("valid metric"),
+            delivery_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "herald_delivery_duration_seconds",
+                    "Time a provider took to answer a send request.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["channel"],
+            )
+            .expect("valid metric"),
+            cost_usd: CounterVec::new(
+                Opts::new(
+                    "herald_cost_usd_total",
+                    "What accepted sends cost, in US dollars.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
+            queue_messages: IntGaugeVec::new(
+                Opts::new(
+                    "herald_queue_messages",
+                    "Messages ready in each herald queue.",
+                ),
+                &["queue"],
+            )
+            .expect("valid metric"),
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "herald_fallbacks_total",
+                    "Failed sends handed to another channel.",
+                ),
+                &["from", "to", "class"],
+            )
+            .expect("valid metric"),
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "herald_retries_total",
+                    "Retries scheduled through the broker.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "herald_dead_letters_total",
+                    "Events dead-lettered, by reason.",
+                ),
+                &["class", "reason"],
+            )
+            .expect("valid metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "herald_rate_limited_total",
+                    "Events that had to wait for their class's rate limit.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
+            actor_restarts: IntCounterVec::new(
+                Opts::new(
+                    "herald_actor_restarts_total",
+                    "Actors the supervisor restarted after they died or stopped answering.",
+                ),
+                &["actor"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.deliveries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.delivery_duration.clone()),
+            Box::new(m.cost_usd.clone()),
+            Box::new(m.queue_messages.clone()),
+            Box::new(m.fallbacks.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.rate_limited.clone()),
+            Box::new(m.actor_restarts.clone()),
+        ] {
+            m.registry.register(c).expect("metric registered once");
+        }
+        Arc::new(m)
+    }
+
+    /// Creates the zero-valued series for a class, so dashboards and alerts
+    /// see them before the first event.
+    pub fn declare_class(&self, class: &str, channels: &[Channel]) {
+        for ch in channels {
+            for outcome in [
+                Outcome::Sent,
+                Outcome::Retry,
+                Outcome::Fallback,
+                Outcome::DeadLetter,
+            ] {
+                self.deliveries
+                    .with_label_values(&[ch.as_str(), class, outcome.label()]);
+            }
+            self.retries.with_label_values(&[ch.as_str(), class]);
+            self.rate_limited.with_label_values(&[ch.as_str(), class]);
+            self.cost_usd.with_label_values(&[ch.as_str(), class]);
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn encode(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

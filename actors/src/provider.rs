@@ -1,0 +1,238 @@
+//! `Provider`: one per channel. Owns the channel's client and its shared
+//! capacity — how many requests may be open at once and the account-wide
+//! rate — and serves the classes' submissions in class-priority order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::messages::{Crash, Observe, Ping, SendOutcome, Sent, Submit};
+use crate::model::{Channel, FailureKind, Outbound, ProviderClient, SendError};
+use crate::rate_limiter::Gcra;
+use crate::registry::{send_or_return, Registry};
+use crate::segments;
+
+/// How often a provider throttles (429) one job before the job is handed
+/// back to its class for a broker retry.
+const MAX_THROTTLES: u32 = 5;
+/// The pause after a 429 that names no `Retry-After`.
+const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+/// How soon to try again to hand an outcome to a class sender being restarted.
+const REDELIVER_AFTER: Duration = Duration::from_millis(50);
+
+/// What a provider actor needs to know; no I/O config.
+#[derive(Clone, Debug)]
+pub struct ProviderParams {
+    pub channel: Channel,
+    /// Requests open at once.
+    pub max_concurrency: u32,
+    /// Account-wide requests per second (0 or less: unlimited).
+    pub rate_per_sec: f64,
+    /// USD per SMS segment, or per email.
+    pub cost_per_unit_usd: f64,
+}
+
+pub struct Provider {
+    /// The channel, capacity and prices this actor serves with.
+    params: ProviderParams,
+    /// The provider's client (Twilio, Resend, sandbox or a test double).
+    client: Arc<dyn ProviderClient>,
+    /// The account-wide rate, shared by every class.
+    limiter: Option<Gcra>,
+    /// Waiting submissions, by class priority: the lowest number goes first.
+    waiting: BTreeMap<u8, VecDeque<Submit>>,
+    /// Requests open now.
+    in_flight: u32,
+    /// No request before this instant (set by a 429).
+    paused_until: Option<Instant>,
+    /// A timer to drain again is armed.
+    wake_armed: bool,
+    /// Outcomes whose class sender was restarting when they came back.
+    undelivered: Vec<SendOutcome>,
+    /// Where the class senders are.
+    registry: Registry,
+}
+
+impl Provider {
+    pub fn new(
+        params: ProviderParams,
+        client: Arc<dyn ProviderClient>,
+        registry: Registry,
+    ) -> Provider {
+        let limiter = (params.rate_per_sec > 0.0).then(|| Gcra::per_second(params.rate_per_sec));
+        Provider {
+            params,
+            client,
+            limiter,
+            waiting: BTreeMap::new(),
+            in_flight: 0,
+            paused_until: None,
+            wake_armed: false,
+            undelivered: Vec::new(),
+            registry,
+        }
+    }
+
+    /// Starts as many waiting jobs as capacity, rate and pause allow.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while self.in_flight < self.params.max_concurrency {
+            if self.waiting.values().all(VecDeque::is_empty) {
+                return;
+            }
+            let now = Instant::now();
+            if let Some(until) = self.paused_until.filter(|u| *u > now) {
+                self.wake_at(until - now, ctx);
+                return;
+            }
+            if let Some(limiter) = &mut self.limiter {
+                if let Err(wait) = limiter.try_acquire(now) {
+                    self.wake_at(wait, ctx);
+                    return;
+                }
+            }
+            let submit = self
+                .waiting
+                .values_mut()
+                .find_map(VecDeque::pop_front)
+                .expect("a non-empty queue");
+            self.start(submit, ctx);
+        }
+    }
+
+    fn wake_at(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        if self.wake_armed {
+            return;
+        }
+        self.wake_armed = true;
+        ctx.run_later(after, |act, ctx| {
+            act.wake_armed = false;
+            act.drain(ctx);
+        });
+    }
+
+    fn start(&mut self, submit: Submit, ctx: &mut Context<Self>) {
+        let Some(outbound) = Outbound::from_job(&submit.job) else {
+            let err = SendError::new(FailureKind::InvalidRecipient, "no address for the channel");
+            self.report(submit, Err(err), ctx);
+            return;
+        };
+        self.in_flight += 1;
+        let started = Instant::now();
+        let channel = self.params.channel;
+        ctx.spawn(
+            self.client
+                .send(outbound)
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.in_flight -= 1;
+                    act.registry.observe(Observe::ProviderCall {
+                        channel,
+                        duration: started.elapsed(),
+                    });
+                    let result = result.map(|receipt| act.price(&submit, receipt));
+                    act.finish(submit, result, ctx);
+                    act.drain(ctx);
+                }),
+        );
+    }
+
+    fn price(&self, submit: &Submit, receipt: crate::model::Receipt) -> Sent {
+        let units = match self.params.channel {
+            Channel::Sms => segments::segments(&submit.job.body),
+            Channel::Email => 1,
+        };
+        Sent {
+            receipt,
+            units,
+            cost_usd: units as f64 * self.params.cost_per_unit_usd,
+        }
+    }
+
+    fn finish(
+        &mut self,
+        mut submit: Submit,
+        result: Result<Sent, SendError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = &result {
+            if e.kind == FailureKind::Throttled {
+                // The account is over its limit: everything waits, not just this job.
+                let pause = e.retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
+                self.paused_until = Some(Instant::now() + pause);
+                if submit.throttled < MAX_THROTTLES {
+                    submit.throttled += 1;
+                    debug!(channel = %self.params.channel, ?pause, "provider throttled; pausing");
+                    self.waiting
+                        .entry(submit.priority)
+                        .or_default()
+                        .push_front(submit);
+                    return;
+                }
+            }
+        }
+        self.report(submit, result, ctx);
+    }
+
+    /// Hands the outcome to the job's current class sender.
+    fn report(&mut self, submit: Submit, result: Result<Sent, SendError>, ctx: &mut Context<Self>) {
+        let outcome = SendOutcome {
+            job: submit.job,
+            ticket: submit.ticket,
+            result,
+        };
+        self.hand_back(outcome, ctx);
+    }
+
+    fn hand_back(&mut self, outcome: SendOutcome, ctx: &mut Context<Self>) {
+        let addr = self
+            .registry
+            .sender(outcome.job.channel, &outcome.job.class);
+        if let Err(outcome) = send_or_return(addr, outcome) {
+            // The class sender is being restarted: keep the outcome (and its
+            // ticket) until it is back, so the send is neither lost nor repeated.
+            if self.undelivered.is_empty() {
+                ctx.run_later(REDELIVER_AFTER, |act, ctx| {
+                    for o in std::mem::take(&mut act.undelivered) {
+                        act.hand_back(o, ctx);
+                    }
+                });
+            }
+            self.undelivered.push(outcome);
+        }
+    }
+}
+
+impl Actor for Provider {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        debug!(channel = %self.params.channel, "provider started");
+    }
+}
+
+impl Handler<Submit> for Provider {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
+        self.waiting.entry(msg.priority).or_default().push_back(msg);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Ping> for Provider {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
+impl Handler<Crash> for Provider {
+    type Result = ();
+
+    fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
+        crate::supervisor::crash_now(crash, self, ctx);
+    }
+}

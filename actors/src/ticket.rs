@@ -1,0 +1,128 @@
+//! The settle-once handle of one broker delivery.
+//!
+//! A [`Ticket`] travels with its job through every actor. Whoever decides the
+//! outcome settles it: [`Ticket::ack`] once the outcome is durable (provider
+//! accepted, or the retry / dead-letter publish confirmed). A ticket dropped
+//! unsettled — an actor panicked, was aborted, or a mailbox closed — requeues
+//! its delivery, so the broker hands it out again and nothing is lost.
+
+use std::fmt;
+
+use futures_util::future::BoxFuture;
+use tracing::Instrument;
+
+use crate::ports::BrokerError;
+
+/// How a delivery is settled with the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The outcome is durable: remove the delivery.
+    Ack,
+    /// Give the delivery back to the broker for redelivery.
+    Requeue,
+}
+
+/// What the broker edge plugs into a ticket.
+pub trait Settle: Send + 'static {
+    fn settle(self: Box<Self>, disposition: Disposition);
+}
+
+/// A delivery that must be settled exactly once.
+pub struct Ticket {
+    settle: Option<Box<dyn Settle>>,
+}
+
+impl Ticket {
+    pub fn new(settle: impl Settle) -> Ticket {
+        Ticket {
+            settle: Some(Box::new(settle)),
+        }
+    }
+
+    /// A ticket bound to nothing (for work that did not come from the broker).
+    pub fn detached() -> Ticket {
+        Ticket { settle: None }
+    }
+
+    /// The outcome is durable: acknowledge the delivery.
+    pub fn ack(mut self) {
+        self.finish(Disposition::Ack);
+    }
+
+    /// Hand the delivery back to the broker.
+    pub fn requeue(mut self) {
+        self.finish(Disposition::Requeue);
+    }
+
+    /// Acks once `publish` (a retry, fallback or dead-letter publish) is
+    /// confirmed by the broker; if it fails, the ticket drops and the delivery
+    /// is requeued, so the work is done again rather than lost. Runs detached:
+    /// a restart of the actor that asked must not cancel a publish the broker
+    /// may already have taken.
+    pub fn ack_when_confirmed(
+        self,
+        publish: BoxFuture<'static, Result<(), BrokerError>>,
+        span: tracing::Span,
+    ) {
+        tokio::spawn(
+            async move {
+                match publish.await {
+                    Ok(()) => self.ack(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "publish failed; returning the delivery to the broker");
+                        drop(self);
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn finish(&mut self, disposition: Disposition) {
+        if let Some(settle) = self.settle.take() {
+            settle.settle(disposition);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.finish(Disposition::Requeue);
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
+}
+
+/// A [`Settle`] that reports to a channel; for tests and in-process work.
+impl Settle for tokio::sync::mpsc::UnboundedSender<Disposition> {
+    fn settle(self: Box<Self>, disposition: Disposition) {
+        let _ = self.send(disposition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_ticket_requeues_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        drop(Ticket::new(tx));
+        assert_eq!(rx.try_recv(), Ok(Disposition::Requeue));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_acked_ticket_settles_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        Ticket::new(tx).ack();
+        assert_eq!(rx.try_recv(), Ok(Disposition::Ack));
+        assert!(rx.try_recv().is_err());
+    }
+}

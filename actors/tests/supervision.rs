@@ -1,0 +1,300 @@
+//! The actors on their own, with an in-memory provider and broker: restarts
+//! after a panic or a freeze lose nothing, and one class's exhausted limit
+//! does not hold up another.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Actor;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use herald_actors::class_sender::ClassParams;
+use herald_actors::messages::{Crash, Deliver};
+use herald_actors::metrics::Metrics;
+use herald_actors::model::{Channel, Job, Outbound, ProviderClient, Receipt, SendError};
+use herald_actors::ports::{Broker, BrokerError, DeadLetter};
+use herald_actors::provider::ProviderParams;
+use herald_actors::registry::Registry;
+use herald_actors::supervisor::{ChildSpec, Supervisor, SupervisorParams};
+use herald_actors::ticket::{Disposition, Ticket};
+use tokio::sync::mpsc;
+
+/// Records sends; each takes `latency`.
+struct Recorder {
+    sent: Mutex<Vec<(String, tokio::time::Instant)>>,
+    latency: Duration,
+}
+
+struct RecorderClient(Arc<Recorder>);
+
+impl ProviderClient for RecorderClient {
+    fn send(&self, msg: Outbound) -> BoxFuture<'static, Result<Receipt, SendError>> {
+        let me = self.0.clone();
+        async move {
+            tokio::time::sleep(me.latency).await;
+            me.sent
+                .lock()
+                .unwrap()
+                .push((msg.idempotency_key.to_string(), tokio::time::Instant::now()));
+            Ok(Receipt {
+                provider_id: "SM1".into(),
+            })
+        }
+        .boxed()
+    }
+}
+
+struct NoBroker;
+
+impl Broker for NoBroker {
+    fn retry(
+        &self,
+        _: &Job,
+        _: Duration,
+        _: &'static str,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        async { Ok(()) }.boxed()
+    }
+    fn dead_letter(&self, _: DeadLetter) -> BoxFuture<'static, Result<(), BrokerError>> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+fn job(id: &str, class: &str) -> Job {
+    Job {
+        event_id: id.into(),
+        user_id: "u".into(),
+        class: class.into(),
+        channel: Channel::Sms,
+        to_phone: Some("+15551234567".into()),
+        to_email: None,
+        to_name: None,
+        body: "hello".into(),
+        subject: String::new(),
+        attempt: 0,
+        fallback_from: None,
+        amqp_priority: 5,
+        raw: Arc::from(&b"{}"[..]),
+        published_at_ms: None,
+    }
+}
+
+fn class(name: &str, priority: u8, rate_per_min: u32) -> ClassParams {
+    ClassParams {
+        class: name.into(),
+        channel: Channel::Sms,
+        priority,
+        rate_per_min,
+        retries: 2,
+        base_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(10),
+        fallback: None,
+    }
+}
+
+struct World {
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    recorder: Arc<Recorder>,
+}
+
+fn start(classes: Vec<ClassParams>, latency: Duration) -> World {
+    let registry = Registry::new();
+    let metrics = Metrics::new();
+    let recorder = Arc::new(Recorder {
+        sent: Mutex::new(Vec::new()),
+        latency,
+    });
+    let mut specs = vec![
+        ChildSpec::metrics(&registry, metrics.clone(), None, Duration::from_secs(60)),
+        ChildSpec::provider(
+            &registry,
+            ProviderParams {
+                channel: Channel::Sms,
+                max_concurrency: 4,
+                rate_per_sec: 0.0,
+                cost_per_unit_usd: 0.0075,
+            },
+            Arc::new(RecorderClient(recorder.clone())),
+        ),
+        ChildSpec::fallback(&registry),
+    ];
+    for c in classes {
+        specs.push(ChildSpec::class_sender(&registry, c, Arc::new(NoBroker)));
+    }
+    Supervisor::new(
+        specs,
+        SupervisorParams {
+            heartbeat: Duration::from_millis(50),
+            ping_timeout: Duration::from_millis(200),
+        },
+        registry.clone(),
+    )
+    .start();
+    World {
+        registry,
+        metrics,
+        recorder,
+    }
+}
+
+async fn wait_for(what: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if what() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached in time");
+}
+
+fn restarts(m: &Metrics, actor: &str) -> u64 {
+    m.actor_restarts.with_label_values(&[actor]).get()
+}
+
+async fn crash_class_sender_while_it_holds_deliveries(crash: Crash) {
+    // 60/min: one send a second, so most deliveries are waiting when it dies.
+    let w = start(vec![class("c", 1, 60)], Duration::ZERO);
+    wait_for(|| w.registry.sender(Channel::Sms, "c").is_some()).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = w.registry.sender(Channel::Sms, "c").unwrap();
+    for i in 0..5 {
+        first.do_send(Deliver {
+            job: job(&format!("e{i}"), "c"),
+            ticket: Ticket::new(tx.clone()),
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.do_send(crash);
+    // Every delivery is settled: one acked (sent before the crash), the four
+    // it held requeued — none lost, none acked without a send.
+    let mut settled = Vec::new();
+    while settled.len() < 5 {
+        settled.push(
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        settled.iter().filter(|d| **d == Disposition::Ack).count(),
+        1,
+        "{settled:?}"
+    );
+    assert_eq!(
+        settled
+            .iter()
+            .filter(|d| **d == Disposition::Requeue)
+            .count(),
+        4,
+        "{settled:?}"
+    );
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 1);
+    wait_for(|| restarts(&w.metrics, "class_sender") == 1).await;
+    // The fresh actor serves.
+    wait_for(|| {
+        w.registry
+            .sender(Channel::Sms, "c")
+            .is_some_and(|a| a.connected())
+    })
+    .await;
+    let fresh = w.registry.sender(Channel::Sms, "c").unwrap();
+    fresh.do_send(Deliver {
+        job: job("after", "c"),
+        ticket: Ticket::new(tx.clone()),
+    });
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap(),
+        Some(Disposition::Ack)
+    );
+}
+
+#[actix_rt::test]
+async fn a_panicking_class_sender_is_restarted_and_loses_nothing() {
+    crash_class_sender_while_it_holds_deliveries(Crash::Panic).await;
+}
+
+#[actix_rt::test]
+async fn a_frozen_class_sender_is_restarted_and_loses_nothing() {
+    crash_class_sender_while_it_holds_deliveries(Crash::Freeze).await;
+}
+
+#[actix_rt::test]
+async fn a_provider_that_dies_mid_send_hands_its_results_to_nobody_twice() {
+    let w = start(vec![class("c", 1, 6000)], Duration::from_millis(300));
+    wait_for(|| w.registry.provider(Channel::Sms).is_some()).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sender = w.registry.sender(Channel::Sms, "c").unwrap();
+    for i in 0..3 {
+        sender.do_send(Deliver {
+            job: job(&format!("e{i}"), "c"),
+            ticket: Ticket::new(tx.clone()),
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.registry
+        .provider(Channel::Sms)
+        .unwrap()
+        .do_send(Crash::Panic);
+    // Sends open at the provider are cut off: their deliveries go back.
+    for _ in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d, Disposition::Requeue);
+    }
+    wait_for(|| restarts(&w.metrics, "sms_provider") == 1).await;
+}
+
+#[actix_rt::test]
+async fn a_class_at_its_limit_does_not_hold_up_another() {
+    // "slow" may send 6 a minute, "fast" 6000: both share one provider.
+    let w = start(
+        vec![class("slow", 1, 6), class("fast", 2, 6000)],
+        Duration::ZERO,
+    );
+    wait_for(|| w.registry.sender(Channel::Sms, "fast").is_some()).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let slow = w.registry.sender(Channel::Sms, "slow").unwrap();
+    let fast = w.registry.sender(Channel::Sms, "fast").unwrap();
+    for i in 0..50 {
+        slow.do_send(Deliver {
+            job: job(&format!("s{i}"), "slow"),
+            ticket: Ticket::new(tx.clone()),
+        });
+    }
+    for i in 0..50 {
+        fast.do_send(Deliver {
+            job: job(&format!("f{i}"), "fast"),
+            ticket: Ticket::new(tx.clone()),
+        });
+    }
+    wait_for(|| {
+        w.recorder
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| id.starts_with('f'))
+            .count()
+            == 50
+    })
+    .await;
+    let sent = w.recorder.sent.lock().unwrap().clone();
+    let slow_sent = sent.iter().filter(|(id, _)| id.starts_with('s')).count();
+    assert!(
+        slow_sent <= 2,
+        "slow class sent {slow_sent}, above its limit"
+    );
+    assert!(
+        w.metrics
+            .rate_limited
+            .with_label_values(&["sms", "slow"])
+            .get()
+            >= 48
+    );
+}
