@@ -1,0 +1,131 @@
+//! `herald dlq list` and `herald dlq replay`: reading and replaying dead
+//! letters. Listing takes messages without acking and closes the channel, so
+//! every one returns to the queue; replaying republishes a dead letter to
+//! `herald` under its class (confirmed) before acking it.
+
+use std::sync::Arc;
+
+use herald_actors::mask;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use serde_json::Value;
+
+use crate::amqp::publisher::{headers, Publisher};
+use crate::amqp::topology::DLQ;
+use crate::amqp::{header_str, header_u64};
+
+/// One dead letter, as shown to an operator (addresses masked).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Letter {
+    pub event_id: Option<String>,
+    pub class: String,
+    pub reason: String,
+    pub detail: String,
+    pub attempts: u64,
+    pub to_phone: Option<String>,
+    pub to_email: Option<String>,
+}
+
+fn describe(props: &lapin::BasicProperties, body: &[u8]) -> Letter {
+    let h = props.headers().as_ref();
+    let event: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |ptr: &str| {
+        event
+            .as_ref()
+            .and_then(|e| e.pointer(ptr))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    Letter {
+        event_id: field("/id"),
+        class: header_str(h, headers::CLASS).unwrap_or_default().to_owned(),
+        reason: header_str(h, headers::REASON)
+            .unwrap_or("broker")
+            .to_owned(),
+        detail: header_str(h, headers::DETAIL)
+            .unwrap_or_default()
+            .to_owned(),
+        attempts: header_u64(h, headers::ATTEMPTS).unwrap_or(0),
+        to_phone: field("/to/phone").map(|p| mask::phone(&p)),
+        to_email: field("/to/email").map(|e| mask::email(&e)),
+    }
+}
+
+async fn depth(conn: &Connection) -> lapin::Result<u32> {
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            DLQ.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = ch.close(200, "done".into()).await;
+    Ok(q.message_count())
+}
+
+/// Every dead letter, oldest first; the queue is left as it was.
+pub async fn list(conn: &Connection) -> lapin::Result<Vec<Letter>> {
+    let n = depth(conn).await?;
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let Some(msg) = ch
+            .basic_get(DLQ.into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        out.push(describe(&msg.delivery.properties, &msg.delivery.data));
+    }
+    // Closing the channel returns every unacked message to the queue.
+    let _ = ch.close(200, "listed".into()).await;
+    Ok(out)
+}
+
+/// Republishes dead letters (of `class`, or all) to `herald` under their
+/// class; returns how many. Letters of other classes stay in the queue.
+pub async fn replay(
+    conn: &Arc<Connection>,
+    publisher: &Publisher,
+    class: Option<&str>,
+) -> Result<usize, String> {
+    let n = depth(conn).await.map_err(|e| e.to_string())?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let mut replayed = 0;
+    for _ in 0..n {
+        let Some(msg) = ch
+            .basic_get(DLQ.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            break;
+        };
+        let d = msg.delivery;
+        let letter_class = header_str(d.properties.headers().as_ref(), headers::CLASS)
+            .unwrap_or_default()
+            .to_owned();
+        if class.is_some_and(|c| c != letter_class) || letter_class.is_empty() {
+            continue; // left unacked: back to the queue when the channel closes
+        }
+        let id = describe(&d.properties, &d.data)
+            .event_id
+            .unwrap_or_default();
+        let priority = d.properties.priority().unwrap_or(0);
+        publisher
+            .publish_event(&letter_class, &id, &d.data, priority)
+            .await
+            .map_err(|e| e.to_string())?;
+        d.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        replayed += 1;
+    }
+    let _ = ch.close(200, "replayed".into()).await;
+    Ok(replayed)
+}

@@ -1,0 +1,307 @@
+//! Starts herald: broker topology, provider clients, the supervised actors,
+//! the consumers and the HTTP listener, in that order. Must run inside an
+//! actix System (`herald run` makes one; tests use `#[actix_rt::test]`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use herald_actors::backoff;
+use herald_actors::class_sender::ClassParams;
+use herald_actors::metrics::Metrics;
+use herald_actors::model::{Channel, ProviderClient};
+use herald_actors::provider::ProviderParams;
+use herald_actors::registry::Registry;
+use herald_actors::supervisor::{ChildSpec, Supervisor, SupervisorParams};
+use lapin::Connection;
+use tracing::info;
+
+use crate::amqp::consumer::{self, ConsumeContext, Source};
+use crate::amqp::publisher::{BrokerStats, Publisher};
+use crate::amqp::topology::{self, ClassTopology};
+use crate::config::{ClassConfig, Config, ProviderMode};
+use crate::http::{self, Readiness};
+use crate::providers::{ResendClient, ResendParams, SandboxClient, TwilioClient, TwilioParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("http listener: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("provider: {0}")]
+    Provider(String),
+}
+
+/// A running engine.
+pub struct Engine {
+    pub config: Arc<Config>,
+    /// Where the live actors are (tests use it to inject faults).
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// The HTTP listener's bound address.
+    pub http_addr: SocketAddr,
+    /// The sandbox clients, in sandbox mode: what would have been sent.
+    pub sandbox: HashMap<Channel, Arc<SandboxClient>>,
+    /// Publishes with confirms (also for tests and `herald publish`).
+    pub publisher: Publisher,
+    conn: Arc<Connection>,
+    supervisor: Addr<Supervisor>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    http: actix_web::dev::ServerHandle,
+}
+
+/// The channels a class sends on: its own, and its fallback.
+fn class_channels(c: &ClassConfig) -> Vec<Channel> {
+    let mut v = vec![c.channel()];
+    v.extend(c.fallback.filter(|f| *f != c.channel()));
+    v
+}
+
+/// The nominal delay of each of a class's retries, in ms.
+fn retry_delays_ms(c: &ClassConfig) -> Vec<u64> {
+    let base = Duration::from_secs_f64(c.base_delay_secs);
+    let max = Duration::from_secs_f64(c.max_delay_secs);
+    (1..=c.retries)
+        .map(|r| backoff::nominal(base, max, r).as_millis().max(1) as u64)
+        .collect()
+}
+
+struct BrokerReadiness(Arc<Connection>);
+
+impl Readiness for BrokerReadiness {
+    fn check(&self) -> Result<(), String> {
+        if self.0.status().connected() {
+            Ok(())
+        } else {
+            Err("broker disconnected".into())
+        }
+    }
+}
+
+impl Engine {
+    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        let config = Arc::new(config);
+        let metrics = Metrics::new();
+        let registry = Registry::new();
+
+        let conn =
+            Arc::new(crate::amqp::connect(&config.amqp.url, config.amqp.heartbeat_secs).await?);
+        let setup = conn.create_channel().await?;
+        let classes: Vec<ClassTopology> = config
+            .classes
+            .iter()
+            .map(|(name, c)| ClassTopology {
+                class: name.clone(),
+                retry_delays_ms: retry_delays_ms(c),
+            })
+            .collect();
+        topology::declare(&setup, &classes).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        let publisher = Publisher::open(
+            &conn,
+            classes
+                .iter()
+                .map(|c| (c.class.clone(), c.retry_delays_ms.clone()))
+                .collect(),
+        )
+        .await?;
+
+        let used: BTreeSet<Channel> = config.classes.values().flat_map(class_channels).collect();
+        let mut sandbox = HashMap::new();
+        let mut specs = Vec::new();
+        let mut queues: Vec<String> = classes
+            .iter()
+            .map(|c| topology::class_queue(&c.class))
+            .collect();
+        queues.push(topology::DLQ.to_owned());
+        let stats = Arc::new(BrokerStats {
+            conn: conn.clone(),
+            queues,
+        });
+        specs.push(ChildSpec::metrics(
+            &registry,
+            metrics.clone(),
+            Some(stats),
+            Duration::from_secs_f64(config.amqp.queue_poll_secs),
+        ));
+        for &channel in &used {
+            let (client, params) = provider_for(&config, channel, &mut sandbox)?;
+            specs.push(ChildSpec::provider(&registry, params, client));
+        }
+        specs.push(ChildSpec::fallback(&registry));
+        let broker: Arc<dyn herald_actors::ports::Broker> = Arc::new(publisher.clone());
+        for (name, c) in &config.classes {
+            metrics.declare_class(name, &class_channels(c));
+            for channel in class_channels(c) {
+                let params = ClassParams {
+                    class: name.as_str().into(),
+                    channel,
+                    priority: c.priority,
+                    rate_per_min: c.rate_per_min(channel),
+                    retries: c.retries,
+                    base_delay: Duration::from_secs_f64(c.base_delay_secs),
+                    max_delay: Duration::from_secs_f64(c.max_delay_secs),
+                    fallback: c.fallback.filter(|f| *f != channel),
+                };
+                specs.push(ChildSpec::class_sender(&registry, params, broker.clone()));
+            }
+        }
+        let supervisor = Supervisor::new(
+            specs,
+            SupervisorParams {
+                heartbeat: Duration::from_millis(config.supervisor.heartbeat_ms),
+                ping_timeout: Duration::from_millis(config.supervisor.ping_timeout_ms),
+            },
+            registry.clone(),
+        )
+        .start();
+        // Let the supervisor start its children before deliveries arrive.
+        while !config.classes.iter().all(|(n, c)| {
+            class_channels(c)
+                .iter()
+                .all(|ch| registry.sender(*ch, n).is_some())
+        }) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let ctx = Arc::new(ConsumeContext {
+            config: config.clone(),
+            registry: registry.clone(),
+            publisher: publisher.clone(),
+        });
+        let mut consumers = Vec::new();
+        for name in config.classes.keys() {
+            consumers.push(
+                consumer::start(
+                    &conn,
+                    Source::Class(name.clone()),
+                    config.amqp.prefetch,
+                    ctx.clone(),
+                )
+                .await?,
+            );
+        }
+        consumers.push(
+            consumer::start(&conn, Source::Unrouted, config.amqp.prefetch, ctx.clone()).await?,
+        );
+
+        let (http_addr, http) = http::serve(
+            &config.http.addr,
+            metrics.clone(),
+            Arc::new(BrokerReadiness(conn.clone())),
+        )?;
+        info!(%http_addr, mode = ?config.providers.mode, classes = config.classes.len(), "herald is running");
+        Ok(Engine {
+            config,
+            registry,
+            metrics,
+            http_addr,
+            sandbox,
+            publisher,
+            conn,
+            supervisor,
+            consumers,
+            http,
+        })
+    }
+
+    /// Stops consuming, stops the actors and closes the broker connection;
+    /// unacked deliveries return to their queues.
+    pub async fn stop(self) {
+        for c in &self.consumers {
+            c.abort();
+        }
+        self.http.stop(true).await;
+        let _ = self.conn.close(200, "herald stopping".into()).await;
+        self.supervisor.do_send(StopSupervisor);
+    }
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct StopSupervisor;
+
+impl actix::Handler<StopSupervisor> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopSupervisor, ctx: &mut actix::Context<Self>) {
+        use actix::ActorContext;
+        ctx.stop();
+    }
+}
+
+fn provider_for(
+    config: &Config,
+    channel: Channel,
+    sandbox: &mut HashMap<Channel, Arc<SandboxClient>>,
+) -> Result<(Arc<dyn ProviderClient>, ProviderParams), EngineError> {
+    let p = &config.providers;
+    let params = match channel {
+        Channel::Sms => ProviderParams {
+            channel,
+            max_concurrency: p.twilio.max_concurrency,
+            rate_per_sec: p.twilio.rate_per_sec,
+            cost_per_unit_usd: p.twilio.cost_per_segment_usd,
+        },
+        Channel::Email => ProviderParams {
+            channel,
+            max_concurrency: p.resend.max_concurrency,
+            rate_per_sec: p.resend.rate_per_sec,
+            cost_per_unit_usd: p.resend.cost_per_message_usd,
+        },
+    };
+    let client: Arc<dyn ProviderClient> = match (p.mode, channel) {
+        (ProviderMode::Sandbox, _) => {
+            let c = Arc::new(
+                SandboxClient::new(channel, &p.sandbox_outbox)
+                    .map_err(|e| EngineError::Provider(e.to_string()))?,
+            );
+            sandbox.insert(channel, c.clone());
+            c
+        }
+        (ProviderMode::Live, Channel::Sms) => {
+            let t = &p.twilio;
+            let missing = |what: &str| EngineError::Provider(format!("{what} is not set"));
+            Arc::new(
+                TwilioClient::new(TwilioParams {
+                    base_url: t.base_url.clone(),
+                    account_sid: t
+                        .account_sid
+                        .clone()
+                        .ok_or_else(|| missing("TWILIO_ACCOUNT_SID"))?,
+                    auth_token: t
+                        .auth_token
+                        .clone()
+                        .ok_or_else(|| missing("TWILIO_AUTH_TOKEN"))?,
+                    from: t
+                        .from
+                        .clone()
+                        .ok_or_else(|| missing("TWILIO_PHONE_NUMBER"))?,
+                    status_callback: config
+                        .public_url
+                        .as_ref()
+                        .map(|u| format!("{}/webhooks/twilio/status", u.trim_end_matches('/'))),
+                    timeout: Duration::from_secs_f64(t.timeout_secs),
+                })
+                .map_err(|e| EngineError::Provider(e.to_string()))?,
+            )
+        }
+        (ProviderMode::Live, Channel::Email) => {
+            let r = &p.resend;
+            let missing = |what: &str| EngineError::Provider(format!("{what} is not set"));
+            Arc::new(
+                ResendClient::new(ResendParams {
+                    base_url: r.base_url.clone(),
+                    api_key: r.api_key.clone().ok_or_else(|| missing("RESEND_API_KEY"))?,
+                    from: r.from.clone().ok_or_else(|| missing("RESEND_FROM"))?,
+                    timeout: Duration::from_secs_f64(r.timeout_secs),
+                })
+                .map_err(|e| EngineError::Provider(e.to_string()))?,
+            )
+        }
+    };
+    Ok((client, params))
+}

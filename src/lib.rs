@@ -1,0 +1,26 @@
+//! herald: an actor-based notification engine.
+//!
+//! # Layout
+//! - [`config`]: the TOML config, environment overrides and `check-config`.
+//! - [`event`]: decoding and validating a published event into a job.
+//! - [`template`]: `{placeholder}` rendering.
+//! - [`amqp`]: the broker edge: topology, consumers, the confirmed publisher.
+//! - [`providers`]: the Twilio, Resend and sandbox clients.
+//! - [`fakes`]: local fake Twilio and Resend servers for tests and `herald bench`.
+//! - [`http`]: the one HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`engine`]: wires everything together and runs it.
+//! - [`dlq`]: `herald dlq list` and `herald dlq replay`.
+//! - [`telemetry`]: logging set-up.
+//!
+//! The actors themselves live in the `herald-actors` crate.
+
+pub mod amqp;
+pub mod config;
+pub mod dlq;
+pub mod engine;
+pub mod event;
+pub mod fakes;
+pub mod http;
+pub mod providers;
+pub mod telemetry;
+pub mod template;

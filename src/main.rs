@@ -1,0 +1,216 @@
+//! The `herald` command line. Parses arguments and calls into the library.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use herald::amqp::publisher::Publisher;
+use herald::amqp::topology;
+use herald::config::Config;
+use herald::engine::Engine;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "An actor-based notification engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the engine.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Prints every problem in the config with its key path; exits 1 if any.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publishes one event the way a client should.
+    Publish(PublishArgs),
+    /// Dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    #[arg(long)]
+    class: String,
+    #[arg(long)]
+    to_phone: Option<String>,
+    #[arg(long)]
+    to_email: Option<String>,
+    #[arg(long)]
+    to_name: Option<String>,
+    #[arg(long)]
+    timezone: Option<String>,
+    #[arg(long, default_value = "cli")]
+    user: String,
+    /// `key=value`, repeatable.
+    #[arg(long = "data", value_parser = parse_kv)]
+    data: Vec<(String, String)>,
+    /// RFC 3339 time to deliver at.
+    #[arg(long)]
+    send_at: Option<String>,
+    /// The event id (default: a new random one).
+    #[arg(long)]
+    id: Option<String>,
+    /// Template text or the name of a configured template (default: the class's).
+    #[arg(long)]
+    template: Option<String>,
+    #[arg(long)]
+    subject: Option<String>,
+    /// AMQP priority 1-10 (default: from the class's priority).
+    #[arg(long)]
+    priority: Option<u8>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Lists dead letters (addresses masked); the queue is unchanged.
+    List,
+    /// Republishes dead letters to their class.
+    Replay {
+        #[arg(long)]
+        class: Option<String>,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = Config::resolve_path(path.as_deref());
+    Config::load(&path).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
+}
+
+fn main() -> anyhow::Result<()> {
+    herald::telemetry::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let path = Config::resolve_path(config.as_deref());
+            match Config::load(&path) {
+                Ok(cfg) => {
+                    println!("{}: ok ({} classes)", path.display(), cfg.classes.len());
+                    Ok(())
+                }
+                Err(e) => {
+                    for p in &e.problems {
+                        println!("{p}");
+                    }
+                    eprintln!("{}: {} problem(s)", path.display(), e.problems.len());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Run { config } => {
+            let cfg = load(config)?;
+            actix_rt::System::new().block_on(async move {
+                let engine = Engine::start(cfg).await.context("starting herald")?;
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                engine.stop().await;
+                Ok(())
+            })
+        }
+        Command::Publish(args) => {
+            let cfg = load(args.config.clone())?;
+            actix_rt::System::new().block_on(publish(cfg, args))
+        }
+        Command::Dlq { command, config } => {
+            let cfg = load(config)?;
+            actix_rt::System::new().block_on(dlq(cfg, command))
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn publish(cfg: Config, args: PublishArgs) -> anyhow::Result<()> {
+    let Some(class) = cfg.classes.get(&args.class) else {
+        bail!("no class named {:?} in the config", args.class);
+    };
+    let priority = args
+        .priority
+        .unwrap_or_else(|| topology::amqp_priority(class.priority));
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("evt-{:016x}", rand::random::<u64>()));
+    let mut to = serde_json::Map::new();
+    for (k, v) in [
+        ("phone", args.to_phone),
+        ("email", args.to_email),
+        ("name", args.to_name),
+        ("timezone", args.timezone),
+    ] {
+        if let Some(v) = v {
+            to.insert(k.into(), v.into());
+        }
+    }
+    let data: HashMap<String, String> = args.data.into_iter().collect();
+    let mut event = serde_json::json!({ "id": id, "user_id": args.user, "to": to, "data": data });
+    if let Some(t) = args.template {
+        event["template"] = t.into();
+    }
+    if let Some(s) = args.subject {
+        event["subject"] = s.into();
+    }
+    if let Some(at) = args.send_at {
+        event["send_at"] = at.into();
+    }
+    let body = serde_json::to_vec(&event)?;
+    let conn = herald::amqp::connect(&cfg.amqp.url, cfg.amqp.heartbeat_secs)
+        .await
+        .context("connecting to the broker")?;
+    let publisher = Publisher::open(&conn, HashMap::new()).await?;
+    publisher
+        .publish_event(&args.class, &id, &body, priority)
+        .await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {
+    let conn = Arc::new(
+        herald::amqp::connect(&cfg.amqp.url, cfg.amqp.heartbeat_secs)
+            .await
+            .context("connecting to the broker")?,
+    );
+    match command {
+        DlqCommand::List => {
+            for letter in herald::dlq::list(&conn).await? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+        }
+        DlqCommand::Replay { class } => {
+            let publisher = Publisher::open(&conn, HashMap::new()).await?;
+            let n = herald::dlq::replay(&conn, &publisher, class.as_deref())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("replayed {n}");
+        }
+    }
+    Ok(())
+}

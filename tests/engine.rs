@@ -1,0 +1,371 @@
+//! The engine end to end: the real RabbitMQ (a vhost per test), herald's
+//! real topology, and local fake Twilio and Resend servers.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use herald::engine::Engine;
+use herald::fakes::FakeResponse;
+use herald_actors::messages::Crash;
+use herald_actors::model::Channel;
+use support::*;
+
+#[actix_rt::test]
+async fn one_event_per_default_class_reaches_the_right_provider_rendered() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let classes: Vec<(String, Channel)> = w
+        .config
+        .classes
+        .iter()
+        .map(|(n, c)| (n.clone(), c.channel()))
+        .collect();
+    assert_eq!(classes.len(), 8);
+    for (class, _) in &classes {
+        let id = format!("evt-{class}");
+        publish_raw(
+            &conn,
+            class,
+            &event(&id, Some("+15551230001"), Some("jane@example.com")),
+        )
+        .await;
+    }
+    let sms = classes.iter().filter(|(_, ch)| *ch == Channel::Sms).count();
+    eventually(20, || {
+        w.twilio.sent_count() == sms && w.resend.sent_count() == 8 - sms
+    })
+    .await;
+    let twilio = w.twilio.sent();
+    let resend = w.resend.sent();
+    for (class, channel) in &classes {
+        let id = format!("evt-{class}");
+        let body = format!("Hello Jane, ref {id}");
+        match channel {
+            Channel::Sms => {
+                let m = twilio
+                    .iter()
+                    .find(|m| m.body == body)
+                    .unwrap_or_else(|| panic!("{class}: no SMS"));
+                assert_eq!(m.to, "+15551230001");
+            }
+            Channel::Email => {
+                let m = resend
+                    .iter()
+                    .find(|m| m.body == body)
+                    .unwrap_or_else(|| panic!("{class}: no email"));
+                assert_eq!(m.subject.as_deref(), Some(format!("About {id}").as_str()));
+                assert!(m.to.contains("jane@example.com"), "{}", m.to);
+            }
+        }
+    }
+    // Resend got each event id as its Idempotency-Key.
+    let keys: HashSet<String> = w
+        .resend
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    for (class, channel) in &classes {
+        if *channel == Channel::Email {
+            assert!(keys.contains(&format!("evt-{class}")), "{class}");
+        }
+    }
+    let sent = metric(
+        engine.http_addr,
+        r#"herald_deliveries_total{channel="sms",class="payment_reminder",outcome="sent"}"#,
+    )
+    .await;
+    assert_eq!(sent, 1.0);
+    engine.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_sms_refused_with_21211_goes_out_as_email_once() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    // The fake answers Twilio's magic invalid number with 21211.
+    publish_raw(
+        &conn,
+        "payment_reminder",
+        &event("evt-21211", Some("+15005550001"), Some("jane@example.com")),
+    )
+    .await;
+    eventually(20, || w.resend.sent_count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.resend.sent_count(), 1, "exactly one fallback email");
+    assert_eq!(w.twilio.request_count(), 1, "21211 is never retried");
+    assert_eq!(w.twilio.sent_count(), 0);
+    assert_eq!(w.resend.sent()[0].body, "Hello Jane, ref evt-21211");
+    let fallbacks = metric(
+        engine.http_addr,
+        r#"herald_fallbacks_total{class="payment_reminder",from="sms",to="email"}"#,
+    )
+    .await;
+    assert_eq!(fallbacks, 1.0);
+    assert!(drain_dlq(&conn).await.is_empty());
+    engine.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_500_then_201_sms_is_retried_through_the_broker_and_sent_once() {
+    let w = World::new();
+    w.twilio
+        .script_for("+15551230003", vec![FakeResponse::Status(500)]);
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-500", Some("+15551230003"), None),
+    )
+    .await;
+    eventually(20, || w.twilio.sent_count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.twilio.request_count(), 2);
+    assert_eq!(w.twilio.sent_count(), 1);
+    let retries = metric(
+        engine.http_addr,
+        r#"herald_retries_total{channel="sms",class="weekly_checkin"}"#,
+    )
+    .await;
+    assert_eq!(retries, 1.0);
+    engine.stop().await;
+}
+
+#[actix_rt::test]
+async fn retries_spent_on_a_class_without_fallback_dead_letter_with_a_reason() {
+    let w = World::new();
+    w.twilio.script_for(
+        "+15551230004",
+        vec![
+            FakeResponse::Status(503),
+            FakeResponse::Status(503),
+            FakeResponse::Status(503),
+        ],
+    );
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    // weekly_checkin: 2 retries, so 3 attempts, then the DLQ.
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-503", Some("+15551230004"), None),
+    )
+    .await;
+    let dead = r#"herald_dead_letters_total{class="weekly_checkin",reason="retries_exhausted"}"#;
+    let addr = engine.http_addr;
+    for _ in 0..200 {
+        if metric(addr, dead).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letters = drain_dlq(&conn).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, "retries_exhausted");
+    assert_eq!(letters[0].class, "weekly_checkin");
+    assert_eq!(w.twilio.request_count(), 3);
+    assert!(
+        !letters[0].headers.contains("15551230004"),
+        "no phone in headers: {}",
+        letters[0].headers
+    );
+    engine.stop().await;
+}
+
+#[actix_rt::test]
+async fn every_bad_input_is_dead_lettered_once_with_its_reason_and_the_engine_keeps_serving() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let good = |id: &str| {
+        serde_json::from_slice::<serde_json::Value>(&event(
+            id,
+            Some("+15551230005"),
+            Some("jane@example.com"),
+        ))
+        .unwrap()
+    };
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let mut no_id = good("x");
+    no_id.as_object_mut().unwrap().remove("id");
+    let mut no_phone = good("evt-nophone");
+    no_phone["to"] = serde_json::json!({"name": "Jane"});
+    let mut bad_phone = good("evt-badphone");
+    bad_phone["to"]["phone"] = "555-0100-77".into();
+    let mut no_value = good("evt-noval");
+    no_value["template"] = "Pay {amount_due}".into();
+    let mut huge = good("evt-huge");
+    huge["data"]["pad"] = "x".repeat(300 * 1024).into();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("weekly_checkin", b"{not json".to_vec(), "malformed_json"),
+        (
+            "weekly_checkin",
+            vec![0xff, 0xfe, b'{', b'}'],
+            "invalid_utf8",
+        ),
+        ("no_such_class", json(good("evt-unknown")), "unknown_class"),
+        ("weekly_checkin", json(no_id), "missing_id"),
+        ("weekly_checkin", json(no_phone), "missing_recipient"),
+        ("weekly_checkin", json(bad_phone), "invalid_phone"),
+        ("weekly_checkin", json(huge), "body_too_large"),
+        ("weekly_checkin", json(no_value), "missing_placeholder"),
+    ];
+    for (class, body, _) in &cases {
+        publish_raw(&conn, class, body).await;
+    }
+    // The engine keeps serving.
+    publish_raw(&conn, "weekly_checkin", &json(good("evt-after"))).await;
+    eventually(20, || w.twilio.sent_count() == 1).await;
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters.extend(drain_dlq(&conn).await);
+        if letters.len() >= cases.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once each: nothing loops back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    letters.extend(drain_dlq(&conn).await);
+    let mut got: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    let mut want: Vec<&str> = cases.iter().map(|(_, _, r)| *r).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    for l in &letters {
+        assert!(!l.detail.is_empty(), "{l:?}");
+        assert!(
+            !l.headers.contains("555-0100-77"),
+            "phone leaked into headers: {}",
+            l.headers
+        );
+        let expected_class = if l.reason == "unknown_class" {
+            "no_such_class"
+        } else {
+            "weekly_checkin"
+        };
+        assert_eq!(l.class, expected_class);
+    }
+    let unknown = metric(
+        engine.http_addr,
+        r#"herald_dead_letters_total{class="unknown",reason="unknown_class"}"#,
+    )
+    .await;
+    assert_eq!(unknown, 1.0);
+    engine.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_class_sender_that_panics_holding_deliveries_is_restarted_and_every_delivery_is_sent() {
+    let mut w = World::new();
+    // Two a second: most deliveries are waiting in the actor when it dies.
+    w.config
+        .classes
+        .get_mut("weekly_checkin")
+        .unwrap()
+        .rate_limit
+        .sms = 120;
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    for i in 0..6 {
+        publish_raw(
+            &conn,
+            "weekly_checkin",
+            &event(&format!("evt-crash-{i}"), Some("+15551230006"), None),
+        )
+        .await;
+    }
+    eventually(10, || w.twilio.sent_count() >= 1).await;
+    let before = w.twilio.sent_count();
+    assert!(
+        before < 6,
+        "the actor must still hold deliveries when it dies"
+    );
+    engine
+        .registry
+        .sender(Channel::Sms, "weekly_checkin")
+        .unwrap()
+        .do_send(Crash::Panic);
+    eventually(30, || w.twilio.sent_count() == 6).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let bodies: Vec<String> = w.twilio.sent().into_iter().map(|m| m.body).collect();
+    let unique: HashSet<&String> = bodies.iter().collect();
+    assert_eq!(bodies.len(), 6, "no send lost or repeated: {bodies:?}");
+    assert_eq!(unique.len(), 6);
+    let restarts = metric(
+        engine.http_addr,
+        r#"herald_actor_restarts_total{actor="class_sender"}"#,
+    )
+    .await;
+    assert!(restarts >= 1.0, "restarts {restarts}");
+    engine.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_class_flooded_past_its_limit_does_not_slow_another_class() {
+    let mut w = World::new();
+    w.config
+        .classes
+        .get_mut("weekly_checkin")
+        .unwrap()
+        .rate_limit
+        .sms = 6; // one per 10 s
+    w.config
+        .classes
+        .get_mut("milestone_reminder")
+        .unwrap()
+        .rate_limit
+        .sms = 600; // ten per second
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    for i in 0..40 {
+        publish_raw(
+            &conn,
+            "weekly_checkin",
+            &event(&format!("evt-flood-{i}"), Some("+15551230007"), None),
+        )
+        .await;
+    }
+    for i in 0..20 {
+        publish_raw(
+            &conn,
+            "milestone_reminder",
+            &event(&format!("evt-pace-{i}"), Some("+15551230008"), None),
+        )
+        .await;
+    }
+    let started = tokio::time::Instant::now();
+    let paced = || {
+        w.twilio
+            .sent()
+            .iter()
+            .filter(|m| m.body.contains("evt-pace-"))
+            .count()
+    };
+    eventually(15, || paced() == 20).await;
+    let took = started.elapsed();
+    let flooded = w
+        .twilio
+        .sent()
+        .iter()
+        .filter(|m| m.body.contains("evt-flood-"))
+        .count();
+    // 20 at ten a second is ~2 s; the flooded class sent at most its burst
+    // plus one per 10 s meanwhile.
+    assert!(
+        flooded <= 1 + (took.as_secs() as usize / 10) + 1,
+        "flooded class sent {flooded} in {took:?}"
+    );
+    let limited = metric(
+        engine.http_addr,
+        r#"herald_rate_limited_total{channel="sms",class="weekly_checkin"}"#,
+    )
+    .await;
+    assert!(limited >= 30.0, "rate limited {limited}");
+    engine.stop().await;
+}

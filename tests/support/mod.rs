@@ -1,0 +1,230 @@
+//! Shared by the integration tests: a RabbitMQ vhost of their own (so tests
+//! run in parallel against the real broker with herald's real queue names),
+//! the fake providers, a config pointing at both, and small waiting helpers.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use herald::config::Config;
+use herald::fakes::{FakeResend, FakeTwilio};
+use lapin::options::BasicGetOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const TWILIO_TOKEN: &str = "test-auth-token";
+pub const RESEND_KEY: &str = "re_test_key";
+
+/// A vhost that exists for one test and is deleted after it.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub fn new() -> Vhost {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "herald-test-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Vhost { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url(), ConnectionProperties::default())
+            .await
+            .expect("connect to the test vhost")
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.name])
+            .output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (RabbitMQ must be installed)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fake providers, a vhost, and a live-mode config pointing at them, with
+/// short retry delays and generous rates so tests run in seconds.
+pub struct World {
+    pub vhost: Vhost,
+    pub twilio: FakeTwilio,
+    pub resend: FakeResend,
+    pub config: Config,
+}
+
+impl World {
+    pub fn new() -> World {
+        let vhost = Vhost::new();
+        let twilio = FakeTwilio::start(TWILIO_SID, TWILIO_TOKEN).expect("fake twilio");
+        let resend = FakeResend::start(RESEND_KEY).expect("fake resend");
+        let env = |k: &str| -> Option<String> {
+            Some(match k {
+                "HERALD_AMQP_URL" => vhost.url(),
+                "HERALD_HTTP_ADDR" => "127.0.0.1:0".into(),
+                "HERALD_PROVIDER_MODE" => "live".into(),
+                "TWILIO_ACCOUNT_SID" => TWILIO_SID.into(),
+                "TWILIO_AUTH_TOKEN" => TWILIO_TOKEN.into(),
+                "TWILIO_PHONE_NUMBER" => "+15005550006".into(),
+                "TWILIO_BASE_URL" => twilio.base_url(),
+                "RESEND_API_KEY" => RESEND_KEY.into(),
+                "RESEND_FROM" => "Herald <herald@example.com>".into(),
+                "RESEND_BASE_URL" => resend.base_url(),
+                _ => return None,
+            })
+        };
+        let mut config =
+            Config::from_toml_str(herald::config::SHIPPED_CONFIG, &env).expect("test config");
+        for class in config.classes.values_mut() {
+            class.base_delay_secs = 0.2;
+            class.max_delay_secs = 1.0;
+            class.rate_limit.sms = 6000;
+            class.rate_limit.email = 6000;
+        }
+        config.providers.resend.rate_per_sec = 1000.0;
+        config.supervisor.heartbeat_ms = 100;
+        config.supervisor.ping_timeout_ms = 1000;
+        config.amqp.queue_poll_secs = 0.5;
+        World {
+            vhost,
+            twilio,
+            resend,
+            config,
+        }
+    }
+}
+
+/// An event body with a unique marker in its text.
+pub fn event(id: &str, phone: Option<&str>, email: Option<&str>) -> Vec<u8> {
+    let mut to = serde_json::Map::new();
+    if let Some(p) = phone {
+        to.insert("phone".into(), p.into());
+    }
+    if let Some(e) = email {
+        to.insert("email".into(), e.into());
+    }
+    to.insert("name".into(), "Jane".into());
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "user_id": "user_1",
+        "to": to,
+        "template": "Hello {name}, ref {ref}",
+        "subject": "About {ref}",
+        "data": {"ref": id},
+    }))
+    .unwrap()
+}
+
+/// Publishes raw bytes to the `herald` exchange with a routing key.
+pub async fn publish_raw(conn: &Connection, routing_key: &str, body: &[u8]) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        "herald".into(),
+        routing_key.into(),
+        Default::default(),
+        body,
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(5),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = ch.close(200, "done".into()).await;
+}
+
+/// A dead letter as read back from `herald.dlq`.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub reason: String,
+    pub class: String,
+    pub detail: String,
+    pub body: Vec<u8>,
+    pub headers: String,
+}
+
+/// Takes every message now in `herald.dlq`.
+pub async fn drain_dlq(conn: &Connection) -> Vec<Letter> {
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get("herald.dlq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let h = msg.delivery.properties.headers().as_ref();
+        out.push(Letter {
+            reason: herald::amqp::header_str(h, "x-herald-reason")
+                .unwrap_or_default()
+                .to_owned(),
+            class: herald::amqp::header_str(h, "x-herald-class")
+                .unwrap_or_default()
+                .to_owned(),
+            detail: herald::amqp::header_str(h, "x-herald-detail")
+                .unwrap_or_default()
+                .to_owned(),
+            body: msg.delivery.data.clone(),
+            headers: format!("{h:?}"),
+        });
+    }
+    let _ = ch.close(200, "done".into()).await;
+    out
+}
+
+/// Waits until `what` holds, or panics after `secs`.
+pub async fn eventually(secs: u64, what: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if what() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(what(), "condition not reached within {secs}s");
+}
+
+/// Fetches `/metrics` and returns the value of one series (0 if absent).
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_in(&text, series)
+}
+
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
