@@ -31,7 +31,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Publishes one event the way a client should.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
     /// Dead letters.
     Dlq {
         #[command(subcommand)]
@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Publish(args) => {
             let cfg = load(args.config.clone())?;
-            actix_rt::System::new().block_on(publish(cfg, args))
+            actix_rt::System::new().block_on(publish(cfg, *args))
         }
         Command::Dlq { command, config } => {
             let cfg = load(config)?;
