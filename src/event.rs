@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(reason("payment_reminder", &event(e)), "missing_id");
         let mut e = spec_event();
         e["to"].as_object_mut().unwrap().remove("phone");
-        assert_eq!(reason("payment_reminder", &event(e)), "missing_recipient");
+        assert_eq!(reason("weekly_checkin", &event(e)), "missing_recipient");
         let mut e = spec_event();
         e["to"]["phone"] = "555-1234".into();
         assert_eq!(reason("payment_reminder", &event(e)), "invalid_phone");

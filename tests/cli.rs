@@ -13,18 +13,34 @@ fn herald() -> Command {
 #[test]
 fn check_config_accepts_the_shipped_config() {
     let out = herald()
-        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.toml")])
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn check_config_reports_every_problem_with_its_key_path_and_exits_1() {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.toml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.toml"))
+            .unwrap();
     let bad = shipped
-        .replace("rate_limit = { sms = 20, email = 10 }", "rate_limit = { sms = -5, email = 10 }")
-        .replace("[classes.weekly_checkin]\npriority = 3\nchannel = \"sms\"\n", "[classes.weekly_checkin]\npriority = 3\n")
+        .replace(
+            "rate_limit = { sms = 20, email = 10 }",
+            "rate_limit = { sms = -5, email = 10 }",
+        )
+        .replace(
+            "[classes.weekly_checkin]\npriority = 3\nchannel = \"sms\"\n",
+            "[classes.weekly_checkin]\npriority = 3\n",
+        )
         .replace("[amqp]\n", "[amqp]\nprefetch_count = 10\n");
     assert_ne!(bad, shipped);
     let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -74,7 +90,12 @@ fn run_with_no_environment_records_published_events_as_sent() {
     );
     let client = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let ready = || client.get("http://127.0.0.1:9464/readyz").send().is_ok_and(|r| r.status().is_success());
+    let ready = || {
+        client
+            .get("http://127.0.0.1:9464/readyz")
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    };
     while !ready() {
         assert!(Instant::now() < deadline, "herald run did not become ready");
         assert!(engine.0.try_wait().unwrap().is_none(), "herald run exited");
@@ -82,15 +103,28 @@ fn run_with_no_environment_records_published_events_as_sent() {
     }
     let out = herald()
         .args([
-            "publish", "--class", "weekly_checkin", "--to-phone", "+15551239999", "--user", "u1",
-            "--data", "name=Jane", "--data", "message=see you",
+            "publish",
+            "--class",
+            "weekly_checkin",
+            "--to-phone",
+            "+15551239999",
+            "--user",
+            "u1",
+            "--data",
+            "name=Jane",
+            "--data",
+            "message=see you",
         ])
         .current_dir(dir.path())
         .env_clear()
         .env("PATH", &path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(id.starts_with("evt-"), "{id}");
     let outbox = dir.path().join("data/sandbox-outbox.jsonl");
@@ -98,26 +132,50 @@ fn run_with_no_environment_records_published_events_as_sent() {
     loop {
         let text = std::fs::read_to_string(&outbox).unwrap_or_default();
         if let Some(line) = text.lines().find(|l| l.contains(&id)) {
-            assert!(line.contains("Hi Jane, time for your weekly check-in: see you"), "{line}");
-            assert!(!line.contains("+15551239999"), "the outbox masks recipients: {line}");
+            assert!(
+                line.contains("Hi Jane, time for your weekly check-in: see you"),
+                "{line}"
+            );
+            assert!(
+                !line.contains("+15551239999"),
+                "the outbox masks recipients: {line}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "event {id} not recorded as sent; outbox: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "event {id} not recorded as sent; outbox: {text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let metrics = client.get("http://127.0.0.1:9464/metrics").send().unwrap().text().unwrap();
-    let sent = support::metric_in(&metrics, r#"herald_deliveries_total{channel="sms",class="weekly_checkin",outcome="sent"}"#);
+    let metrics = client
+        .get("http://127.0.0.1:9464/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let sent = support::metric_in(
+        &metrics,
+        r#"herald_deliveries_total{channel="sms",class="weekly_checkin",outcome="sent"}"#,
+    );
     assert!(sent >= 1.0, "{sent}");
     // SIGTERM stops it cleanly.
     let pid = engine.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = engine.0.try_wait().unwrap() {
             assert!(status.success(), "{status}");
             break;
         }
-        assert!(Instant::now() < deadline, "herald run did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "herald run did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
