@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::messages::{Crash, Deliver, FallBack, Observe, Ping, SendOutcome, Submit};
+use crate::messages::{Deliver, FallBack, Observe, SendOutcome, Submit};
 use crate::metrics::Outcome;
 use crate::model::{Channel, Job, SendError};
 use crate::ports::{Broker, DeadLetter};
@@ -228,19 +228,5 @@ impl Handler<SendOutcome> for ClassSender {
             }
             Err(e) => self.on_failure(job, ticket, e),
         }
-    }
-}
-
-impl Handler<Ping> for ClassSender {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
-}
-
-impl Handler<Crash> for ClassSender {
-    type Result = ();
-
-    fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
-        crate::supervisor::crash_now(crash, self, ctx);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::info;
 
-use crate::messages::{Crash, Deliver, FallBack, Observe, Ping};
+use crate::messages::{Deliver, FallBack, Observe};
 use crate::model::Channel;
 use crate::registry::{send_or_return, Registry};
 
@@ -64,19 +64,5 @@ impl Handler<FallBack> for Fallback {
                 SENDER_RETRY,
             );
         }
-    }
-}
-
-impl Handler<Ping> for Fallback {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
-}
-
-impl Handler<Crash> for Fallback {
-    type Result = ();
-
-    fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
-        crate::supervisor::crash_now(crash, self, ctx);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::messages::{Crash, Observe, Ping};
+use crate::messages::Observe;
 use crate::metrics::Metrics;
 use crate::ports::QueueStats;
 
@@ -100,19 +100,5 @@ impl Handler<Observe> for MetricsActor {
                 .inc(),
             Observe::Restart { actor } => m.actor_restarts.with_label_values(&[actor]).inc(),
         }
-    }
-}
-
-impl Handler<Ping> for MetricsActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
-}
-
-impl Handler<Crash> for MetricsActor {
-    type Result = ();
-
-    fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
-        crate::supervisor::crash_now(crash, self, ctx);
     }
 }

@@ -162,6 +162,19 @@ impl FailureKind {
         )
     }
 
+    /// What an HTTP status alone says, when the provider gave no code that
+    /// says more.
+    pub fn from_http_status(status: u16) -> FailureKind {
+        match status {
+            401 | 403 => FailureKind::Unauthorized,
+            429 => FailureKind::Throttled,
+            // 408 from a proxy: the request did not complete; retry.
+            408 => FailureKind::ProviderError,
+            400..=499 => FailureKind::Rejected,
+            _ => FailureKind::ProviderError,
+        }
+    }
+
     /// The fixed label used in metrics and `x-herald-reason`.
     pub fn label(self) -> &'static str {
         match self {

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::messages::{Crash, Observe, Ping, SendOutcome, Sent, Submit};
+use crate::messages::{Observe, SendOutcome, Sent, Submit};
 use crate::model::{Channel, FailureKind, Outbound, ProviderClient, SendError};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
@@ -220,19 +220,5 @@ impl Handler<Submit> for Provider {
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
         self.waiting.entry(msg.priority).or_default().push_back(msg);
         self.drain(ctx);
-    }
-}
-
-impl Handler<Ping> for Provider {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
-}
-
-impl Handler<Crash> for Provider {
-    type Result = ();
-
-    fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
-        crate::supervisor::crash_now(crash, self, ctx);
     }
 }

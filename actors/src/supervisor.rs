@@ -262,12 +262,29 @@ impl Actor for Supervisor {
     }
 }
 
+/// Every supervised actor answers pings and takes fault injection the same way.
+macro_rules! supervised {
+    ($($actor:ty),+) => {$(
+        impl Handler<Ping> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+        }
+
+        impl Handler<Crash> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, crash: Crash, ctx: &mut Context<Self>) {
+                crash_now(crash, self, ctx);
+            }
+        }
+    )+};
+}
+
+supervised!(ClassSender, Provider, Fallback, MetricsActor);
+
 /// Fails the way a test asked: panics, or blocks the mailbox forever.
-pub(crate) fn crash_now<A: Actor<Context = Context<A>>>(
-    crash: Crash,
-    act: &mut A,
-    ctx: &mut Context<A>,
-) {
+fn crash_now<A: Actor<Context = Context<A>>>(crash: Crash, act: &mut A, ctx: &mut Context<A>) {
     match crash {
         Crash::Panic => panic!("crash requested (fault injection)"),
         Crash::Freeze => {

@@ -227,7 +227,7 @@ fn from_error_response(resp: &ErrorResponse, to: &str, inner: &Inner) -> SendErr
         "application_error" | "internal_server_error" | "service_unavailable" => {
             FailureKind::ProviderError
         }
-        _ => status_kind(status),
+        _ => FailureKind::from_http_status(status),
     };
     SendError {
         kind,
@@ -255,7 +255,7 @@ fn from_unparsed_body(body: &str) -> SendError {
         .filter(|s| (400..600).contains(s));
     match status {
         Some(status) => SendError {
-            kind: status_kind(status),
+            kind: FailureKind::from_http_status(status),
             status: Some(status),
             code: None,
             detail: format!("resend http {status}: error body not in resend's format"),
@@ -269,16 +269,6 @@ fn from_unparsed_body(body: &str) -> SendError {
 }
 
 /// The failure kind of a bare HTTP error status.
-fn status_kind(status: u16) -> FailureKind {
-    match status {
-        401 | 403 => FailureKind::Unauthorized,
-        429 => FailureKind::Throttled,
-        408 => FailureKind::ProviderError,
-        400..=499 => FailureKind::Rejected,
-        _ => FailureKind::ProviderError,
-    }
-}
-
 /// Whether a Resend validation message is about the `to` field
 /// (``Invalid `to` field. The email address needs to follow…``).
 fn names_the_recipient(message: &str) -> bool {

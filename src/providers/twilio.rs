@@ -198,14 +198,7 @@ pub(crate) fn classify(status: u16, code: Option<i64>) -> FailureKind {
         Some(20003 | 20005) => return FailureKind::Unauthorized,
         _ => {}
     }
-    match status {
-        401 | 403 => FailureKind::Unauthorized,
-        429 => FailureKind::Throttled,
-        // 408 from a proxy: the request did not complete; retry.
-        408 => FailureKind::ProviderError,
-        400..=499 => FailureKind::Rejected,
-        _ => FailureKind::ProviderError,
-    }
+    FailureKind::from_http_status(status)
 }
 
 impl ProviderClient for TwilioClient {
