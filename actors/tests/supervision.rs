@@ -99,6 +99,10 @@ struct World {
 }
 
 fn start(classes: Vec<ClassParams>, latency: Duration) -> World {
+    start_with(classes, latency, 4)
+}
+
+fn start_with(classes: Vec<ClassParams>, latency: Duration, max_concurrency: u32) -> World {
     let registry = Registry::new();
     let metrics = Metrics::new();
     let recorder = Arc::new(Recorder {
@@ -111,7 +115,7 @@ fn start(classes: Vec<ClassParams>, latency: Duration) -> World {
             &registry,
             ProviderParams {
                 channel: Channel::Sms,
-                max_concurrency: 4,
+                max_concurrency,
                 rate_per_sec: 0.0,
                 cost_per_unit_usd: 0.0075,
             },
@@ -296,5 +300,48 @@ async fn a_class_at_its_limit_does_not_hold_up_another() {
             .with_label_values(&["sms", "slow"])
             .get()
             >= 48
+    );
+}
+
+#[actix_rt::test]
+async fn shared_provider_capacity_goes_to_the_most_urgent_class_first() {
+    // One request at a time, 20 ms each: a queue forms at the provider.
+    let w = start_with(
+        vec![class("bulk", 7, 600_000), class("urgent", 1, 600_000)],
+        Duration::from_millis(20),
+        1,
+    );
+    wait_for(|| w.registry.sender(Channel::Sms, "urgent").is_some()).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let bulk = w.registry.sender(Channel::Sms, "bulk").unwrap();
+    let urgent = w.registry.sender(Channel::Sms, "urgent").unwrap();
+    for i in 0..40 {
+        bulk.do_send(Deliver {
+            job: job(&format!("b{i}"), "bulk"),
+            ticket: Ticket::new(tx.clone()),
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5 {
+        urgent.do_send(Deliver {
+            job: job(&format!("u{i}"), "urgent"),
+            ticket: Ticket::new(tx.clone()),
+        });
+    }
+    wait_for(|| w.recorder.sent.lock().unwrap().len() == 45).await;
+    let order: Vec<String> = w
+        .recorder
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let last_urgent = order.iter().rposition(|id| id.starts_with('u')).unwrap();
+    // Published after 40 bulk jobs, the urgent ones overtake all but the few
+    // bulk sends already started.
+    assert!(
+        last_urgent < 12,
+        "urgent jobs finished at position {last_urgent}: {order:?}"
     );
 }
