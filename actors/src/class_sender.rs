@@ -55,11 +55,14 @@ pub struct ClassSender {
     registry: Registry,
     /// Confirmed publishes of retries and dead letters.
     broker: Arc<dyn Broker>,
+    /// Every log line of this actor carries its class and channel.
+    span: tracing::Span,
 }
 
 impl ClassSender {
     pub fn new(params: ClassParams, registry: Registry, broker: Arc<dyn Broker>) -> ClassSender {
         ClassSender {
+            span: tracing::info_span!("class_sender", class = %params.class, channel = %params.channel),
             limiter: Gcra::per_minute(params.rate_per_min),
             params,
             waiting: VecDeque::new(),
@@ -118,7 +121,7 @@ impl ClassSender {
 
     fn on_failure(&mut self, mut job: Job, ticket: Ticket, error: SendError) {
         let p = &self.params;
-        let span = tracing::info_span!("failure", event_id = %job.event_id, class = %p.class, channel = %p.channel);
+        let span = tracing::info_span!(parent: &self.span, "failure", event_id = %job.event_id);
         let _enter = span.enter();
         if error.is_retriable() && job.attempt < p.retries {
             let retry = job.attempt + 1;
@@ -194,6 +197,7 @@ impl Handler<Deliver> for ClassSender {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.waiting.push_back(msg);
         self.pump(ctx);
         if !self.waiting.is_empty() {
@@ -209,6 +213,7 @@ impl Handler<SendOutcome> for ClassSender {
     type Result = ();
 
     fn handle(&mut self, msg: SendOutcome, _: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         let SendOutcome {
             job,
             ticket,
@@ -216,8 +221,7 @@ impl Handler<SendOutcome> for ClassSender {
         } = msg;
         match result {
             Ok(sent) => {
-                debug!(event_id = %job.event_id, class = %self.params.class, channel = %self.params.channel,
-                    provider_id = %sent.receipt.provider_id, "sent");
+                debug!(event_id = %job.event_id, provider_id = %sent.receipt.provider_id, "sent");
                 self.observe_outcome(Outcome::Sent);
                 self.registry.observe(Observe::Cost {
                     channel: self.params.channel,

@@ -55,6 +55,8 @@ pub struct Provider {
     undelivered: Vec<SendOutcome>,
     /// Where the class senders are.
     registry: Registry,
+    /// Every log line of this actor carries its channel.
+    span: tracing::Span,
 }
 
 impl Provider {
@@ -65,6 +67,7 @@ impl Provider {
     ) -> Provider {
         let limiter = (params.rate_per_sec > 0.0).then(|| Gcra::per_second(params.rate_per_sec));
         Provider {
+            span: tracing::info_span!("provider", channel = %params.channel),
             params,
             client,
             limiter,
@@ -165,7 +168,8 @@ impl Provider {
                 self.paused_until = Some(Instant::now() + pause);
                 if submit.throttled < MAX_THROTTLES {
                     submit.throttled += 1;
-                    debug!(channel = %self.params.channel, ?pause, "provider throttled; pausing");
+                    let _span = self.span.clone().entered();
+                    debug!(?pause, "provider throttled; pausing");
                     self.waiting
                         .entry(submit.priority)
                         .or_default()
@@ -218,6 +222,7 @@ impl Handler<Submit> for Provider {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.waiting.entry(msg.priority).or_default().push_back(msg);
         self.drain(ctx);
     }
