@@ -50,6 +50,8 @@ pub struct Engine {
     conn: Arc<Connection>,
     supervisor: Addr<Supervisor>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
+    /// Notified when a consumer ends by itself.
+    lost: Arc<tokio::sync::Notify>,
     http: actix_web::dev::ServerHandle,
 }
 
@@ -167,10 +169,12 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
+        let lost = Arc::new(tokio::sync::Notify::new());
         let ctx = Arc::new(ConsumeContext {
             config: config.clone(),
             registry: registry.clone(),
             publisher: publisher.clone(),
+            lost: lost.clone(),
         });
         let mut consumers = Vec::new();
         for name in config.classes.keys() {
@@ -204,8 +208,16 @@ impl Engine {
             conn,
             supervisor,
             consumers,
+            lost,
             http,
         })
+    }
+
+    /// Resolves when a consumer stopped by itself: the broker connection or
+    /// a channel was lost. Until herald reconnects by itself, `herald run`
+    /// then exits non-zero so its service manager restarts it.
+    pub async fn lost(&self) {
+        self.lost.notified().await;
     }
 
     /// Stops consuming, stops the actors and closes the broker connection;

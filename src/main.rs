@@ -122,9 +122,15 @@ fn main() -> anyhow::Result<()> {
             let cfg = load(config)?;
             actix_rt::System::new().block_on(async move {
                 let engine = Engine::start(cfg).await.context("starting herald")?;
-                shutdown_signal().await;
+                let lost = tokio::select! {
+                    _ = shutdown_signal() => false,
+                    _ = engine.lost() => true,
+                };
                 tracing::info!("shutting down");
                 engine.stop().await;
+                if lost {
+                    bail!("lost the broker connection; exiting so that herald is restarted");
+                }
                 Ok(())
             })
         }

@@ -179,3 +179,60 @@ fn run_with_no_environment_records_published_events_as_sent() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Until herald reconnects by itself, losing the broker must end `herald run`
+/// with an error (so a service manager restarts it), not leave it idle.
+#[test]
+fn run_exits_non_zero_when_the_broker_connection_is_lost() {
+    let vhost = support::Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Running(
+        herald()
+            .arg("run")
+            .current_dir(dir.path())
+            .env("HERALD_AMQP_URL", vhost.url())
+            .env("HERALD_HTTP_ADDR", "127.0.0.1:0")
+            .env_remove("HERALD_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until its queues exist in the vhost, then pull the vhost away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "-p", &vhost.name, "name"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("herald.weekly_checkin") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald run did not declare its topology"
+        );
+        assert!(
+            engine.0.try_wait().unwrap().is_none(),
+            "herald run exited early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("rabbitmqctl")
+        .args(["-q", "delete_vhost", &vhost.name])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = engine.0.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(1), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald run kept running without a broker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -36,6 +36,8 @@ pub struct ConsumeContext {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub publisher: Publisher,
+    /// Told when a consumer ends on its own (its channel or connection died).
+    pub lost: Arc<tokio::sync::Notify>,
 }
 
 /// Which queue a consumer reads.
@@ -118,6 +120,7 @@ pub async fn start(
             }
         }
         warn!(queue, "consumer ended");
+        ctx.lost.notify_one();
     }))
 }
 
