@@ -264,12 +264,7 @@ async fn every_bad_input_is_dead_lettered_once_with_its_reason_and_the_engine_ke
 async fn a_class_sender_that_panics_holding_deliveries_is_restarted_and_every_delivery_is_sent() {
     let mut w = World::new();
     // Two a second: most deliveries are waiting in the actor when it dies.
-    w.config
-        .classes
-        .get_mut("weekly_checkin")
-        .unwrap()
-        .rate_limit
-        .sms = 120;
+    w.class_mut("weekly_checkin").rate_limit.sms = 120;
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let conn = w.vhost.connect().await;
     for i in 0..6 {
@@ -309,18 +304,8 @@ async fn a_class_sender_that_panics_holding_deliveries_is_restarted_and_every_de
 #[actix_rt::test]
 async fn a_class_flooded_past_its_limit_does_not_slow_another_class() {
     let mut w = World::new();
-    w.config
-        .classes
-        .get_mut("weekly_checkin")
-        .unwrap()
-        .rate_limit
-        .sms = 6; // one per 10 s
-    w.config
-        .classes
-        .get_mut("milestone_reminder")
-        .unwrap()
-        .rate_limit
-        .sms = 600; // ten per second
+    w.class_mut("weekly_checkin").rate_limit.sms = 6; // one per 10 s
+    w.class_mut("milestone_reminder").rate_limit.sms = 600; // ten per second
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let conn = w.vhost.connect().await;
     for i in 0..40 {
