@@ -294,6 +294,10 @@ pub struct SupervisorConfig {
     /// How long an actor may take to answer a ping before it is restarted.
     #[serde(default = "default_ping_timeout_ms")]
     pub ping_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long open sends may take to finish before the
+    /// rest is returned to the broker and herald exits.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: f64,
 }
 
 /// `[templates.NAME]`: a named template.
@@ -410,6 +414,9 @@ fn default_quiet_end() -> String {
 fn default_timezone() -> String {
     "UTC".to_owned()
 }
+fn default_shutdown_grace_secs() -> f64 {
+    20.0
+}
 fn default_heartbeat_ms() -> u64 {
     500
 }
@@ -502,6 +509,7 @@ impl Default for SupervisorConfig {
         SupervisorConfig {
             heartbeat_ms: default_heartbeat_ms(),
             ping_timeout_ms: default_ping_timeout_ms(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
         }
     }
 }
@@ -1196,6 +1204,13 @@ impl Config {
         }
         if self.supervisor.ping_timeout_ms == 0 {
             c.push("supervisor.ping_timeout_ms", "must be > 0, got 0");
+        }
+        let grace = self.supervisor.shutdown_grace_secs;
+        if !(grace.is_finite() && grace > 0.0) {
+            c.push(
+                "supervisor.shutdown_grace_secs",
+                format!("must be > 0, got {grace}"),
+            );
         }
     }
 

@@ -4,21 +4,23 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
 use herald_actors::backoff;
 use herald_actors::class_sender::ClassParams;
+use herald_actors::messages::Release;
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
 use herald_actors::provider::ProviderParams;
 use herald_actors::registry::Registry;
 use herald_actors::supervisor::{ChildSpec, Supervisor, SupervisorParams};
-use lapin::Connection;
 use tracing::info;
 
-use crate::amqp::consumer::{self, ConsumeContext, Source};
+use crate::amqp::consumer::ConsumeContext;
+use crate::amqp::link::{self, BrokerLink, LinkControl, LinkParams};
 use crate::amqp::publisher::{BrokerStats, Publisher};
 use crate::amqp::topology::{self, ClassTopology};
 use crate::config::{ClassConfig, Config, ProviderMode};
@@ -27,8 +29,6 @@ use crate::providers::{ResendClient, ResendParams, SandboxClient, TwilioClient, 
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
     #[error("http listener: {0}")]
     Http(#[from] std::io::Error),
     #[error("provider: {0}")]
@@ -47,11 +47,13 @@ pub struct Engine {
     pub sandbox: HashMap<Channel, Arc<SandboxClient>>,
     /// Publishes with confirms (also for tests and `herald publish`).
     pub publisher: Publisher,
-    conn: Arc<Connection>,
+    /// The current broker connection, kept up by the link task.
+    pub link: Arc<BrokerLink>,
+    /// Stops consuming and closes the connection.
+    control: LinkControl,
     supervisor: Addr<Supervisor>,
-    consumers: Vec<tokio::task::JoinHandle<()>>,
-    /// Notified when a consumer ends by itself.
-    lost: Arc<tokio::sync::Notify>,
+    /// Deliveries taken from the broker and not yet settled.
+    outstanding: Arc<AtomicUsize>,
     http: actix_web::dev::ServerHandle,
 }
 
@@ -71,11 +73,11 @@ fn retry_delays_ms(c: &ClassConfig) -> Vec<u64> {
         .collect()
 }
 
-struct BrokerReadiness(Arc<Connection>);
+struct BrokerReadiness(Arc<BrokerLink>);
 
 impl Readiness for BrokerReadiness {
     fn check(&self) -> Result<(), String> {
-        if self.0.status().connected() {
+        if self.0.connected() {
             Ok(())
         } else {
             Err("broker disconnected".into())
@@ -84,14 +86,13 @@ impl Readiness for BrokerReadiness {
 }
 
 impl Engine {
+    /// Starts everything; returns once the first broker session is up (it
+    /// keeps trying, with backoff, until the broker answers).
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let registry = Registry::new();
 
-        let conn =
-            Arc::new(crate::amqp::connect(&config.amqp.url, config.amqp.heartbeat_secs).await?);
-        let setup = conn.create_channel().await?;
         let classes: Vec<ClassTopology> = config
             .classes
             .iter()
@@ -100,16 +101,14 @@ impl Engine {
                 retry_delays_ms: retry_delays_ms(c),
             })
             .collect();
-        topology::declare(&setup, &classes).await?;
-        let _ = setup.close(200, "declared".into()).await;
-        let publisher = Publisher::open(
-            &conn,
+        let link = Arc::new(BrokerLink::default());
+        let publisher = Publisher::new(
+            link.clone(),
             classes
                 .iter()
                 .map(|c| (c.class.clone(), c.retry_delays_ms.clone()))
                 .collect(),
-        )
-        .await?;
+        );
 
         let used: BTreeSet<Channel> = config.classes.values().flat_map(class_channels).collect();
         let mut sandbox = HashMap::new();
@@ -120,7 +119,7 @@ impl Engine {
             .collect();
         queues.push(topology::DLQ.to_owned());
         let stats = Arc::new(BrokerStats {
-            conn: conn.clone(),
+            link: link.clone(),
             queues,
         });
         specs.push(ChildSpec::metrics(
@@ -169,33 +168,25 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
-        let lost = Arc::new(tokio::sync::Notify::new());
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let ctx = Arc::new(ConsumeContext {
             config: config.clone(),
             registry: registry.clone(),
             publisher: publisher.clone(),
-            lost: lost.clone(),
+            outstanding: outstanding.clone(),
         });
-        let mut consumers = Vec::new();
-        for name in config.classes.keys() {
-            consumers.push(
-                consumer::start(
-                    &conn,
-                    Source::Class(name.clone()),
-                    config.amqp.prefetch,
-                    ctx.clone(),
-                )
-                .await?,
-            );
-        }
-        consumers.push(
-            consumer::start(&conn, Source::Unrouted, config.amqp.prefetch, ctx.clone()).await?,
-        );
+        let params = LinkParams {
+            url: config.amqp.url.clone(),
+            heartbeat_secs: config.amqp.heartbeat_secs,
+            prefetch: config.amqp.prefetch,
+            classes,
+        };
+        let control = link::start(params, link.clone(), ctx).await;
 
         let (http_addr, http) = http::serve(
             &config.http.addr,
             metrics.clone(),
-            Arc::new(BrokerReadiness(conn.clone())),
+            Arc::new(BrokerReadiness(link.clone())),
         )?;
         info!(%http_addr, mode = ?config.providers.mode, classes = config.classes.len(), "herald is running");
         Ok(Engine {
@@ -205,30 +196,47 @@ impl Engine {
             http_addr,
             sandbox,
             publisher,
-            conn,
+            link,
+            control,
             supervisor,
-            consumers,
-            lost,
+            outstanding,
             http,
         })
     }
 
-    /// Resolves when a consumer stopped by itself: the broker connection or
-    /// a channel was lost. Until herald reconnects by itself, `herald run`
-    /// then exits non-zero so its service manager restarts it.
-    pub async fn lost(&self) {
-        self.lost.notified().await;
+    /// Deliveries taken from the broker and not yet settled.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
     }
 
-    /// Stops consuming, stops the actors and closes the broker connection;
-    /// unacked deliveries return to their queues.
-    pub async fn stop(self) {
-        for c in &self.consumers {
-            c.abort();
+    /// Stops gracefully within `grace`: stops consuming, hands deliveries
+    /// still waiting for a rate limit back to the broker, lets open sends
+    /// finish and their outcomes settle, then closes the connection
+    /// (whatever is still unacked returns to its queue) and stops the
+    /// actors. Returns how many deliveries were still open when the grace
+    /// period ran out.
+    pub async fn stop(self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.control.stop_consuming().await;
+        for sender in self.registry.senders() {
+            sender.do_send(Release);
         }
+        while self.outstanding() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.outstanding();
+        // Let the last acks reach the broker before the connection closes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         self.http.stop(true).await;
-        let _ = self.conn.close(200, "herald stopping".into()).await;
+        self.control.close().await;
         self.supervisor.do_send(StopSupervisor);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "grace period over; open deliveries returned to the broker"
+            );
+        }
+        left
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -121,16 +122,11 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = load(config)?;
             actix_rt::System::new().block_on(async move {
+                let grace = Duration::from_secs_f64(cfg.supervisor.shutdown_grace_secs);
                 let engine = Engine::start(cfg).await.context("starting herald")?;
-                let lost = tokio::select! {
-                    _ = shutdown_signal() => false,
-                    _ = engine.lost() => true,
-                };
-                tracing::info!("shutting down");
-                engine.stop().await;
-                if lost {
-                    bail!("lost the broker connection; exiting so that herald is restarted");
-                }
+                shutdown_signal().await;
+                tracing::info!(?grace, "shutting down");
+                engine.stop(grace).await;
                 Ok(())
             })
         }
@@ -190,7 +186,7 @@ async fn publish(cfg: Config, args: PublishArgs) -> anyhow::Result<()> {
     let conn = herald::amqp::connect(&cfg.amqp.url, cfg.amqp.heartbeat_secs)
         .await
         .context("connecting to the broker")?;
-    let publisher = Publisher::open(&conn, HashMap::new()).await?;
+    let publisher = Publisher::open(Arc::new(conn)).await?;
     publisher
         .publish_event(&args.class, &id, &body, priority)
         .await?;
@@ -211,7 +207,7 @@ async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {
             }
         }
         DlqCommand::Replay { class } => {
-            let publisher = Publisher::open(&conn, HashMap::new()).await?;
+            let publisher = Publisher::open(conn.clone()).await?;
             let n = herald::dlq::replay(&conn, &publisher, class.as_deref())
                 .await
                 .map_err(anyhow::Error::msg)?;

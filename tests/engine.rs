@@ -79,7 +79,7 @@ async fn one_event_per_default_class_reaches_the_right_provider_rendered() {
     )
     .await;
     assert_eq!(sent, 1.0);
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -107,7 +107,7 @@ async fn an_sms_refused_with_21211_goes_out_as_email_once() {
     .await;
     assert_eq!(fallbacks, 1.0);
     assert!(drain_dlq(&conn).await.is_empty());
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -133,7 +133,7 @@ async fn a_500_then_201_sms_is_retried_through_the_broker_and_sent_once() {
     )
     .await;
     assert_eq!(retries, 1.0);
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -174,7 +174,7 @@ async fn retries_spent_on_a_class_without_fallback_dead_letter_with_a_reason() {
         "no phone in headers: {}",
         letters[0].headers
     );
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -257,7 +257,7 @@ async fn every_bad_input_is_dead_lettered_once_with_its_reason_and_the_engine_ke
     )
     .await;
     assert_eq!(unknown, 1.0);
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -298,7 +298,7 @@ async fn a_class_sender_that_panics_holding_deliveries_is_restarted_and_every_de
     )
     .await;
     assert!(restarts >= 1.0, "restarts {restarts}");
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -352,5 +352,132 @@ async fn a_class_flooded_past_its_limit_does_not_slow_another_class() {
     )
     .await;
     assert!(limited >= 30.0, "rate limited {limited}");
-    engine.stop().await;
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+/// Closes every connection to `vhost` from the broker side, as a broker
+/// restart or a network cut would.
+fn close_connections(vhost: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "pid",
+            "vhost",
+            "--no-table-headers",
+        ])
+        .output()
+        .unwrap();
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut cols = line.split('\t');
+        let (Some(pid), Some(v)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        if v.trim() == vhost {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "close_connection",
+                    pid.trim(),
+                    "test: simulated broker failure",
+                ])
+                .status()
+                .unwrap()
+                .success();
+            closed += usize::from(ok);
+        }
+    }
+    closed
+}
+
+#[actix_rt::test]
+async fn herald_reconnects_and_redeclares_its_topology_by_itself() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-before", Some("+15551230009"), None),
+    )
+    .await;
+    eventually(20, || w.twilio.sent_count() == 1).await;
+    assert_eq!(engine.link.sessions(), 1);
+
+    // A class queue deleted under herald: its consumer is cancelled; herald
+    // starts a new session and declares the queue again.
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete("herald.weekly_checkin".into(), Default::default())
+        .await
+        .unwrap();
+    eventually(20, || {
+        engine.link.sessions() >= 2 && engine.link.connected()
+    })
+    .await;
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-redeclared", Some("+15551230009"), None),
+    )
+    .await;
+    eventually(20, || w.twilio.sent_count() == 2).await;
+
+    // The connection closed by the broker: herald reconnects without a restart.
+    // (This closes the test's own connection too: it opens a new one.)
+    assert!(close_connections(&w.vhost.name) >= 1);
+    let conn = w.vhost.connect().await;
+    let sessions = engine.link.sessions();
+    eventually(30, || {
+        engine.link.sessions() > sessions && engine.link.connected()
+    })
+    .await;
+    let ready = reqwest::get(format!("http://{}/readyz", engine.http_addr))
+        .await
+        .unwrap();
+    assert!(ready.status().is_success());
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-after", Some("+15551230009"), None),
+    )
+    .await;
+    eventually(20, || w.twilio.sent_count() == 3).await;
+    let bodies: Vec<String> = w.twilio.sent().into_iter().map(|m| m.body).collect();
+    assert!(
+        bodies.iter().any(|b| b.ends_with("evt-after")),
+        "{bodies:?}"
+    );
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_graceful_stop_mid_flight_loses_nothing_and_returns_the_rest() {
+    let mut w = World::new();
+    w.twilio.set_latency(Duration::from_millis(300));
+    w.class_mut("weekly_checkin").rate_limit.sms = 600; // ten a second
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    for i in 0..30 {
+        publish_raw(
+            &conn,
+            "weekly_checkin",
+            &event(&format!("evt-stop-{i}"), Some("+15551230010"), None),
+        )
+        .await;
+    }
+    eventually(20, || w.twilio.sent_count() >= 2).await;
+    let left = engine.stop(Duration::from_secs(10)).await;
+    assert_eq!(left, 0, "every open send finished within the grace period");
+    let sent_before = w.twilio.sent_count();
+    assert!(sent_before < 30, "stopped mid-flight");
+    // What was not sent is back in the queue: a new engine sends it all.
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    eventually(30, || w.twilio.sent_count() >= 30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies: Vec<String> = w.twilio.sent().into_iter().map(|m| m.body).collect();
+    let unique: HashSet<&String> = bodies.iter().collect();
+    assert_eq!(unique.len(), 30, "none lost");
+    assert_eq!(bodies.len(), 30, "none sent twice: {bodies:?}");
+    engine.stop(Duration::from_secs(5)).await;
 }

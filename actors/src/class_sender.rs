@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::messages::{Deliver, FallBack, Observe, SendOutcome, Submit};
+use crate::messages::{Deliver, FallBack, Observe, Release, SendOutcome, Submit};
 use crate::metrics::Outcome;
 use crate::model::{Channel, Job, SendError};
 use crate::ports::{Broker, DeadLetter};
@@ -231,6 +231,21 @@ impl Handler<SendOutcome> for ClassSender {
                 ticket.ack();
             }
             Err(e) => self.on_failure(job, ticket, e),
+        }
+    }
+}
+
+impl Handler<Release> for ClassSender {
+    type Result = ();
+
+    fn handle(&mut self, _: Release, _: &mut Context<Self>) {
+        let n = self.waiting.len();
+        for Deliver { ticket, .. } in self.waiting.drain(..) {
+            ticket.requeue();
+        }
+        if n > 0 {
+            let _span = self.span.clone().entered();
+            info!(returned = n, "returned waiting deliveries to the broker");
         }
     }
 }

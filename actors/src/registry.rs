@@ -68,6 +68,15 @@ impl Registry {
             .is_some_and(|m| m.contains_key(class))
     }
 
+    /// Every class sender registered now.
+    pub fn senders(&self) -> Vec<Addr<ClassSender>> {
+        self.read()
+            .senders
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
     pub fn provider(&self, channel: Channel) -> Option<Addr<Provider>> {
         self.read().providers.get(&channel).cloned()
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::task::JoinHandle;
 use futures_util::FutureExt;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::class_sender::{ClassParams, ClassSender};
 use crate::fallback::Fallback;
@@ -258,7 +258,7 @@ impl Actor for Supervisor {
         for child in &self.children {
             child.running.handle.abort();
         }
-        error!("supervisor stopped; all actors aborted");
+        info!("supervisor stopped; all actors aborted");
     }
 }
 

@@ -4,6 +4,7 @@
 //! Acks and requeues go back on the channel that delivered, from one settle
 //! task per consumer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use lapin::types::FieldTable;
 use lapin::Acker;
 use lapin::Connection;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::publisher::{headers, Publisher};
 use super::{header_str, header_u64};
@@ -36,8 +37,17 @@ pub struct ConsumeContext {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub publisher: Publisher,
-    /// Told when a consumer ends on its own (its channel or connection died).
-    pub lost: Arc<tokio::sync::Notify>,
+    /// Deliveries handed out and not yet settled (for graceful shutdown).
+    pub outstanding: Arc<AtomicUsize>,
+}
+
+/// A running consumer: enough to cancel it and to know when it ended.
+#[derive(Clone)]
+pub struct Running {
+    pub channel: lapin::Channel,
+    pub tag: String,
+    /// Notified once when the consumer's stream ends.
+    pub done: Arc<tokio::sync::Notify>,
 }
 
 /// Which queue a consumer reads.
@@ -61,30 +71,34 @@ impl Source {
 struct LapinSettle {
     acker: Acker,
     tx: mpsc::UnboundedSender<(Acker, Disposition)>,
+    outstanding: Arc<AtomicUsize>,
 }
 
 impl Settle for LapinSettle {
     fn settle(self: Box<Self>, disposition: Disposition) {
+        self.outstanding.fetch_sub(1, Ordering::SeqCst);
         let _ = self.tx.send((self.acker, disposition));
     }
 }
 
-/// Starts consuming `source`; the returned task ends when the channel does.
+/// Starts consuming `source`, until the consumer is cancelled or its
+/// channel dies.
 pub async fn start(
     conn: &Connection,
     source: Source,
     prefetch: u16,
     ctx: Arc<ConsumeContext>,
-) -> lapin::Result<tokio::task::JoinHandle<()>> {
+) -> lapin::Result<Running> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let queue = source.queue();
+    let tag = format!("herald-{}-{:08x}", queue, rand::random::<u32>());
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
-            "".into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -109,19 +123,26 @@ pub async fn start(
         }
     });
     info!(queue, prefetch, "consuming");
-    Ok(tokio::spawn(async move {
+    let done = Arc::new(tokio::sync::Notify::new());
+    let running = Running {
+        channel,
+        tag,
+        done: done.clone(),
+    };
+    tokio::spawn(async move {
         while let Some(next) = consumer.next().await {
             match next {
                 Ok(delivery) => handle(&ctx, &source, delivery, &tx).await,
                 Err(e) => {
-                    error!(queue, error = %e, "consumer failed");
+                    warn!(queue, error = %e, "consumer failed");
                     break;
                 }
             }
         }
-        warn!(queue, "consumer ended");
-        ctx.lost.notify_one();
-    }))
+        info!(queue, "consumer ended");
+        done.notify_one();
+    });
+    Ok(running)
 }
 
 async fn handle(
@@ -137,9 +158,11 @@ async fn handle(
         acker,
         ..
     } = delivery;
+    ctx.outstanding.fetch_add(1, Ordering::SeqCst);
     let ticket = Ticket::new(LapinSettle {
         acker,
         tx: tx.clone(),
+        outstanding: ctx.outstanding.clone(),
     });
     let h = properties.headers().as_ref();
     let class = match source {

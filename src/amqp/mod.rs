@@ -2,6 +2,7 @@
 //! lapin.
 
 pub mod consumer;
+pub mod link;
 pub mod publisher;
 pub mod topology;
 

@@ -11,11 +11,12 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use herald_actors::model::Job;
 use herald_actors::ports::{Broker, BrokerError, DeadLetter, QueueStats};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Connection};
 
+use super::link::BrokerLink;
 use super::topology::{self, DLQ, EXCHANGE};
 use super::{put_str, put_u64};
 
@@ -31,28 +32,29 @@ pub mod headers {
     pub const ATTEMPTS: &str = "x-herald-attempts";
 }
 
-/// Publishes with confirms on one channel.
+/// Publishes with confirms on the link's current confirm channel.
 #[derive(Clone)]
 pub struct Publisher {
-    /// A channel in confirm mode.
-    channel: Channel,
+    /// The current connection and its confirm channel.
+    link: Arc<BrokerLink>,
     /// Per class, the nominal delay of each retry (index 0 = first retry).
     retry_delays_ms: Arc<HashMap<String, Vec<u64>>>,
 }
 
 impl Publisher {
-    pub async fn open(
-        conn: &Connection,
-        retry_delays_ms: HashMap<String, Vec<u64>>,
-    ) -> lapin::Result<Publisher> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            channel,
+    pub fn new(link: Arc<BrokerLink>, retry_delays_ms: HashMap<String, Vec<u64>>) -> Publisher {
+        Publisher {
+            link,
             retry_delays_ms: Arc::new(retry_delays_ms),
-        })
+        }
+    }
+
+    /// A publisher over one fixed connection (the CLI's one-shot commands).
+    pub async fn open(conn: Arc<Connection>) -> lapin::Result<Publisher> {
+        Ok(Publisher::new(
+            BrokerLink::fixed(conn).await?,
+            HashMap::new(),
+        ))
     }
 
     /// Publishes and waits for the confirm; a returned (unroutable) or
@@ -68,8 +70,11 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
+        let channel = self
+            .link
+            .publish_channel()
+            .ok_or_else(|| BrokerError("not connected to the broker".into()))?;
+        let confirm = channel
             .basic_publish(exchange.into(), routing_key.into(), opts, body, props)
             .await
             .map_err(|e| BrokerError(e.to_string()))?
@@ -175,16 +180,19 @@ impl Broker for Publisher {
 
 /// Queue depths by passive declares on a short-lived channel.
 pub struct BrokerStats {
-    pub conn: Arc<Connection>,
+    pub link: Arc<BrokerLink>,
     /// The queues to report.
     pub queues: Vec<String>,
 }
 
 impl QueueStats for BrokerStats {
     fn depths(&self) -> BoxFuture<'static, Vec<(String, u64)>> {
-        let conn = self.conn.clone();
+        let conn = self.link.connection();
         let queues = self.queues.clone();
         async move {
+            let Some(conn) = conn else {
+                return Vec::new();
+            };
             let Ok(ch) = conn.create_channel().await else {
                 return Vec::new();
             };

@@ -99,6 +99,12 @@ pub enum Observe {
     },
 }
 
+/// Shutting down: hand every delivery not yet submitted back to the broker
+/// now (sends already open finish normally).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Release;
+
 /// Health check from the supervisor: answered at once by a healthy actor.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
