@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::messages::{Deliver, FallBack, Observe, Release, SendOutcome, Submit};
+use crate::messages::{Claim, Deliver, FallBack, Observe, Record, Release, SendOutcome, Submit};
 use crate::metrics::Outcome;
 use crate::model::{Channel, Job, SendError};
-use crate::ports::{Broker, DeadLetter};
+use crate::ports::{Broker, DeadLetter, OutcomeRecord, RecordOutcome};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
 use crate::ticket::Ticket;
@@ -86,10 +86,9 @@ impl ClassSender {
                 ticket,
                 throttled: 0,
             };
-            if let Err(submit) = send_or_return(self.registry.provider(self.params.channel), submit)
-            {
-                // The provider is restarting; the slot we took is lost, which
-                // only errs on the slow side.
+            if let Err(submit) = self.submit(submit) {
+                // The journal or provider is restarting; the slot we took is
+                // lost, which only errs on the slow side.
                 self.waiting.push_front(Deliver {
                     job: submit.job,
                     ticket: submit.ticket,
@@ -97,6 +96,49 @@ impl ClassSender {
                 self.wake_after(PROVIDER_RETRY, ctx);
                 return;
             }
+        }
+    }
+
+    /// Through the journal's claim when there is a delivery store, straight
+    /// to the provider otherwise. The error hands the submission back (with
+    /// its ticket) to keep; it is moved, never copied, so its size is moot.
+    #[allow(clippy::result_large_err)]
+    fn submit(&self, submit: Submit) -> Result<(), Submit> {
+        match self.registry.journal() {
+            Some(journal) => send_or_return(Some(journal), Claim(submit)).map_err(|Claim(s)| s),
+            None => send_or_return(self.registry.provider(self.params.channel), submit),
+        }
+    }
+
+    /// Tells the journal what became of an attempt. With a ticket, the
+    /// journal acks it once the record is committed.
+    fn record(
+        &self,
+        job: &Job,
+        outcome: RecordOutcome,
+        ticket: Option<Ticket>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(journal) = self.registry.journal() else {
+            if let Some(t) = ticket {
+                t.ack();
+            }
+            return;
+        };
+        let record = Record {
+            record: OutcomeRecord {
+                event_id: job.event_id.clone(),
+                class: job.class.clone(),
+                user_id: job.user_id.clone(),
+                channel: job.channel,
+                attempt: job.attempt,
+                outcome,
+            },
+            ticket,
+        };
+        if let Err(record) = send_or_return(Some(journal), record) {
+            // Restarting: keep the record (and its ticket) and try again.
+            ctx.notify_later(record, PROVIDER_RETRY);
         }
     }
 
@@ -119,7 +161,13 @@ impl ClassSender {
         });
     }
 
-    fn on_failure(&mut self, mut job: Job, ticket: Ticket, error: SendError) {
+    fn on_failure(
+        &mut self,
+        mut job: Job,
+        ticket: Ticket,
+        error: SendError,
+        ctx: &mut Context<Self>,
+    ) {
         let p = &self.params;
         let span = tracing::info_span!(parent: &self.span, "failure", event_id = %job.event_id);
         let _enter = span.enter();
@@ -138,6 +186,14 @@ impl ClassSender {
                 class: p.class.clone(),
             });
             let publish = self.broker.retry(&job, delay, error.kind.label());
+            self.record(
+                &job,
+                RecordOutcome::Retry {
+                    error: error.to_string(),
+                },
+                None,
+                ctx,
+            );
             ticket.ack_when_confirmed(publish, span.clone());
             return;
         }
@@ -153,6 +209,14 @@ impl ClassSender {
         {
             info!(%error, to = %to, "send failed; falling back");
             self.observe_outcome(Outcome::Fallback);
+            self.record(
+                &job,
+                RecordOutcome::Fallback {
+                    error: error.to_string(),
+                },
+                None,
+                ctx,
+            );
             let msg = FallBack {
                 job,
                 ticket,
@@ -171,6 +235,15 @@ impl ClassSender {
             class: p.class.clone(),
             reason,
         });
+        self.record(
+            &job,
+            RecordOutcome::DeadLetter {
+                reason,
+                error: error.to_string(),
+            },
+            None,
+            ctx,
+        );
         job.attempt += 1;
         let letter = DeadLetter {
             class: p.class.to_string(),
@@ -212,7 +285,7 @@ impl Handler<Deliver> for ClassSender {
 impl Handler<SendOutcome> for ClassSender {
     type Result = ();
 
-    fn handle(&mut self, msg: SendOutcome, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: SendOutcome, ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
         let SendOutcome {
             job,
@@ -228,9 +301,29 @@ impl Handler<SendOutcome> for ClassSender {
                     class: self.params.class.clone(),
                     usd: sent.cost_usd,
                 });
-                ticket.ack();
+                let outcome = RecordOutcome::Sent {
+                    provider_id: sent.receipt.provider_id,
+                    cost_usd: sent.cost_usd,
+                    units: sent.units,
+                };
+                self.record(&job, outcome, Some(ticket), ctx);
             }
-            Err(e) => self.on_failure(job, ticket, e),
+            Err(e) => self.on_failure(job, ticket, e, ctx),
+        }
+    }
+}
+
+impl Handler<Record> for ClassSender {
+    type Result = ();
+
+    /// A record that could not reach the journal (restarting) comes back
+    /// here to be sent again.
+    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
+        let Some(journal) = self.registry.journal() else {
+            return;
+        };
+        if let Err(record) = send_or_return(Some(journal), msg) {
+            ctx.notify_later(record, PROVIDER_RETRY);
         }
     }
 }

@@ -13,11 +13,12 @@
 //! - [`registry`]: where actors find each other's current address.
 //! - Actors, one file each: [`supervisor`] (`Supervisor`), [`class_sender`]
 //!   (`ClassSender`), [`provider`] (`Provider`), [`fallback`] (`Fallback`),
-//!   [`metrics_actor`] (`MetricsActor`).
+//!   [`journal`] (`Journal`), [`metrics_actor`] (`MetricsActor`).
 
 pub mod backoff;
 pub mod class_sender;
 pub mod fallback;
+pub mod journal;
 pub mod mask;
 pub mod messages;
 pub mod metrics;

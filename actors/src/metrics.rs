@@ -48,6 +48,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub actor_restarts: IntCounterVec,
+    pub outcome_unknown: IntCounterVec,
+    pub duplicates_suppressed: IntCounterVec,
 }
 
 impl Metrics {
@@ -126,6 +128,22 @@ impl Metrics {
                 &["actor"],
             )
             .expect("valid metric"),
+            outcome_unknown: IntCounterVec::new(
+                Opts::new(
+                    "herald_outcome_unknown_total",
+                    "Attempts cut off mid-call (a crash) whose outcome is unknown; each was sent again.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
+            duplicates_suppressed: IntCounterVec::new(
+                Opts::new(
+                    "herald_duplicates_suppressed_total",
+                    "Redelivered or republished events not sent again because they already were.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -138,6 +156,8 @@ impl Metrics {
             Box::new(m.dead_letters.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.actor_restarts.clone()),
+            Box::new(m.outcome_unknown.clone()),
+            Box::new(m.duplicates_suppressed.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
@@ -160,6 +180,10 @@ impl Metrics {
             self.retries.with_label_values(&[ch.as_str(), class]);
             self.rate_limited.with_label_values(&[ch.as_str(), class]);
             self.cost_usd.with_label_values(&[ch.as_str(), class]);
+            self.outcome_unknown
+                .with_label_values(&[ch.as_str(), class]);
+            self.duplicates_suppressed
+                .with_label_values(&[ch.as_str(), class]);
         }
     }
 

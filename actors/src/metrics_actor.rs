@@ -99,6 +99,14 @@ impl Handler<Observe> for MetricsActor {
                 .with_label_values(&[channel.as_str(), &class])
                 .inc(),
             Observe::Restart { actor } => m.actor_restarts.with_label_values(&[actor]).inc(),
+            Observe::OutcomeUnknown { channel, class } => m
+                .outcome_unknown
+                .with_label_values(&[channel.as_str(), &class])
+                .inc(),
+            Observe::DuplicateSuppressed { channel, class } => m
+                .duplicates_suppressed
+                .with_label_values(&[channel.as_str(), &class])
+                .inc(),
         }
     }
 }

@@ -10,6 +10,7 @@ use actix::Addr;
 
 use crate::class_sender::ClassSender;
 use crate::fallback::Fallback;
+use crate::journal::Journal;
 use crate::messages::Observe;
 use crate::metrics_actor::MetricsActor;
 use crate::model::Channel;
@@ -21,6 +22,7 @@ struct Inner {
     providers: HashMap<Channel, Addr<Provider>>,
     fallback: Option<Addr<Fallback>>,
     metrics: Option<Addr<MetricsActor>>,
+    journal: Option<Addr<Journal>>,
 }
 
 /// A shared, cheaply cloned directory of live actor addresses.
@@ -91,6 +93,16 @@ impl Registry {
 
     pub fn set_fallback(&self, addr: Addr<Fallback>) {
         self.write().fallback = Some(addr);
+    }
+
+    /// The journal, if the engine has a delivery store. `Some` but closed
+    /// while it is being restarted.
+    pub fn journal(&self) -> Option<Addr<Journal>> {
+        self.read().journal.clone()
+    }
+
+    pub fn set_journal(&self, addr: Addr<Journal>) {
+        self.write().journal = Some(addr);
     }
 
     pub fn set_metrics(&self, addr: Addr<MetricsActor>) {

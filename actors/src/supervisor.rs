@@ -20,11 +20,12 @@ use tracing::{info, warn};
 
 use crate::class_sender::{ClassParams, ClassSender};
 use crate::fallback::Fallback;
+use crate::journal::Journal;
 use crate::messages::{Crash, Observe, Ping};
 use crate::metrics::Metrics;
 use crate::metrics_actor::MetricsActor;
 use crate::model::ProviderClient;
-use crate::ports::{Broker, QueueStats};
+use crate::ports::{Broker, DeliveryLog, QueueStats};
 use crate::provider::{Provider, ProviderParams};
 use crate::registry::Registry;
 
@@ -104,6 +105,19 @@ impl ChildSpec {
                     registry.clone(),
                 ));
                 registry.set_provider(channel, addr);
+                started
+            }),
+        }
+    }
+
+    pub fn journal(registry: &Registry, log: Arc<dyn DeliveryLog>) -> ChildSpec {
+        let registry = registry.clone();
+        ChildSpec {
+            name: "journal".into(),
+            kind: "journal",
+            factory: Box::new(move || {
+                let (addr, started) = start_watched(Journal::new(log.clone(), registry.clone()));
+                registry.set_journal(addr);
                 started
             }),
         }
@@ -281,7 +295,7 @@ macro_rules! supervised {
     )+};
 }
 
-supervised!(ClassSender, Provider, Fallback, MetricsActor);
+supervised!(ClassSender, Provider, Fallback, MetricsActor, Journal);
 
 /// Fails the way a test asked: panics, or blocks the mailbox forever.
 fn crash_now<A: Actor<Context = Context<A>>>(crash: Crash, act: &mut A, ctx: &mut Context<A>) {

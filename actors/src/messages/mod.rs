@@ -7,6 +7,7 @@ use actix::Message;
 
 use crate::metrics::Outcome;
 use crate::model::{Channel, Job, Receipt, SendError};
+use crate::ports::OutcomeRecord;
 use crate::ticket::Ticket;
 
 /// An event for a class sender: send it at the class's pace.
@@ -27,6 +28,22 @@ pub struct Submit {
     pub ticket: Ticket,
     /// How many times the provider throttled this job (429) so far.
     pub throttled: u32,
+}
+
+/// A job the class's limiter let through: claim it in the journal, then
+/// submit it to the provider if the journal says it may go.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Claim(pub Submit);
+
+/// An outcome for the journal. With a ticket, the ticket is acked once the
+/// record is committed (the outcome is durable before the broker forgets
+/// the delivery).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Record {
+    pub record: OutcomeRecord,
+    pub ticket: Option<Ticket>,
 }
 
 /// A provider's acceptance, with what it cost.
@@ -96,6 +113,17 @@ pub enum Observe {
     },
     Restart {
         actor: &'static str,
+    },
+    /// A claim found an earlier attempt that never finished (a crash
+    /// mid-call): that send's outcome is unknown.
+    OutcomeUnknown {
+        channel: Channel,
+        class: Arc<str>,
+    },
+    /// A redelivered or republished event the journal says was already sent.
+    DuplicateSuppressed {
+        channel: Channel,
+        class: Arc<str>,
     },
 }
 

@@ -1,0 +1,216 @@
+//! The journal on the hot path, with an in-memory store: claims decide what
+//! is sent, records are committed before their deliveries are acked, and a
+//! failing store holds deliveries instead of losing or acking them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use herald_actors::messages::{Crash, Deliver};
+use herald_actors::model::Channel;
+use herald_actors::ports::{
+    ClaimRequest, ClaimVerdict, DeliveryLog, JournalError, OutcomeRecord, RecordOutcome,
+};
+use herald_actors::ticket::{Disposition, Ticket};
+use tokio::sync::mpsc;
+
+/// Just enough of the store's claim rules: sent stays sent; an unfinished
+/// claim claimed again is an unknown outcome.
+#[derive(Default)]
+struct MemoryLog {
+    status: Mutex<HashMap<String, &'static str>>,
+    down: AtomicBool,
+    transactions: AtomicUsize,
+    records: Mutex<Vec<OutcomeRecord>>,
+}
+
+struct Log(Arc<MemoryLog>);
+
+impl DeliveryLog for Log {
+    fn claim(
+        &self,
+        claims: Vec<ClaimRequest>,
+    ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>> {
+        let m = self.0.clone();
+        async move {
+            if m.down.load(Ordering::SeqCst) {
+                return Err(JournalError("store down".into()));
+            }
+            m.transactions.fetch_add(1, Ordering::SeqCst);
+            let mut status = m.status.lock().unwrap();
+            Ok(claims
+                .iter()
+                .map(|c| match status.get(&*c.event_id).copied() {
+                    Some("sent") => ClaimVerdict::AlreadySent,
+                    Some("sending") => ClaimVerdict::Send {
+                        previous_unknown: true,
+                    },
+                    _ => {
+                        status.insert(c.event_id.to_string(), "sending");
+                        ClaimVerdict::Send {
+                            previous_unknown: false,
+                        }
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>> {
+        let m = self.0.clone();
+        async move {
+            if m.down.load(Ordering::SeqCst) {
+                return Err(JournalError("store down".into()));
+            }
+            m.transactions.fetch_add(1, Ordering::SeqCst);
+            let mut status = m.status.lock().unwrap();
+            for r in &records {
+                if matches!(r.outcome, RecordOutcome::Sent { .. }) {
+                    status.insert(r.event_id.to_string(), "sent");
+                }
+            }
+            m.records.lock().unwrap().extend(records);
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+fn with_journal(log: &Arc<MemoryLog>) -> World {
+    start_full(
+        vec![class("c", 1, 600_000)],
+        Duration::from_millis(5),
+        8,
+        Some(Arc::new(Log(log.clone()))),
+    )
+}
+
+fn deliver(w: &World, id: &str, tx: &mpsc::UnboundedSender<Disposition>) {
+    w.registry
+        .sender(Channel::Sms, "c")
+        .unwrap()
+        .do_send(Deliver {
+            job: job(id, "c"),
+            ticket: Ticket::new(tx.clone()),
+        });
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Disposition>) -> Disposition {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a settlement in time")
+        .expect("channel open")
+}
+
+#[actix_rt::test]
+async fn a_send_is_recorded_before_its_delivery_is_acked_and_never_repeated() {
+    let log = Arc::new(MemoryLog::default());
+    let w = with_journal(&log);
+    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
+        .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "e1", &tx);
+    assert_eq!(next(&mut rx).await, Disposition::Ack);
+    // Acked only after the record was committed.
+    assert_eq!(log.status.lock().unwrap().get("e1").copied(), Some("sent"));
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 1);
+    // The same event again (a redelivery or a republish): acked, not sent.
+    deliver(&w, "e1", &tx);
+    assert_eq!(next(&mut rx).await, Disposition::Ack);
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 1);
+    wait_for(|| {
+        w.metrics
+            .duplicates_suppressed
+            .with_label_values(&["sms", "c"])
+            .get()
+            == 1
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn an_unfinished_claim_is_counted_as_an_unknown_outcome_and_sent_again() {
+    let log = Arc::new(MemoryLog::default());
+    log.status
+        .lock()
+        .unwrap()
+        .insert("crashed".into(), "sending");
+    let w = with_journal(&log);
+    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
+        .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "crashed", &tx);
+    assert_eq!(next(&mut rx).await, Disposition::Ack);
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 1);
+    wait_for(|| {
+        w.metrics
+            .outcome_unknown
+            .with_label_values(&["sms", "c"])
+            .get()
+            == 1
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_failing_store_holds_deliveries_until_it_answers_again() {
+    let log = Arc::new(MemoryLog::default());
+    let w = with_journal(&log);
+    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
+        .await;
+    log.down.store(true, Ordering::SeqCst);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 0..20 {
+        deliver(&w, &format!("d{i}"), &tx);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing is settled while the store is down"
+    );
+    assert_eq!(
+        w.recorder.sent.lock().unwrap().len(),
+        0,
+        "nothing sent without a claim"
+    );
+    log.down.store(false, Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(next(&mut rx).await, Disposition::Ack);
+    }
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 20);
+    // Group commit: 20 claims and 20 records took far fewer than 40 transactions.
+    assert!(log.transactions.load(Ordering::SeqCst) < 40);
+}
+
+#[actix_rt::test]
+async fn a_journal_that_dies_returns_what_it_held() {
+    let log = Arc::new(MemoryLog::default());
+    let w = with_journal(&log);
+    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
+        .await;
+    log.down.store(true, Ordering::SeqCst);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 0..5 {
+        deliver(&w, &format!("j{i}"), &tx);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.registry.journal().unwrap().do_send(Crash::Panic);
+    for _ in 0..5 {
+        assert_eq!(next(&mut rx).await, Disposition::Requeue);
+    }
+    wait_for(|| {
+        w.metrics
+            .actor_restarts
+            .with_label_values(&["journal"])
+            .get()
+            == 1
+    })
+    .await;
+}
