@@ -160,6 +160,19 @@ pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://...` (`postgresql://` also accepted).
     #[serde(default = "default_store_url")]
     pub url: String,
+    /// Delivered (`sent`) records are deleted this many days after they finished.
+    #[serde(default = "default_retention_delivered_days")]
+    pub retention_delivered_days: u32,
+    /// Failed records (dead-lettered, suppressed, outcome unknown) are
+    /// deleted this many days after they finished.
+    #[serde(default = "default_retention_failed_days")]
+    pub retention_failed_days: u32,
+    /// How often the retention clean-up runs.
+    #[serde(default = "default_retention_interval_secs")]
+    pub retention_interval_secs: f64,
+    /// Rows deleted per statement by the clean-up.
+    #[serde(default = "default_retention_batch")]
+    pub retention_batch: u32,
 }
 
 /// `[providers]`: the provider clients.
@@ -372,6 +385,18 @@ fn default_queue_poll_secs() -> f64 {
 fn default_http_addr() -> String {
     "127.0.0.1:9464".to_owned()
 }
+fn default_retention_delivered_days() -> u32 {
+    90
+}
+fn default_retention_failed_days() -> u32 {
+    30
+}
+fn default_retention_interval_secs() -> f64 {
+    3600.0
+}
+fn default_retention_batch() -> u32 {
+    1000
+}
 fn default_store_url() -> String {
     "sqlite://data/herald.db".to_owned()
 }
@@ -450,6 +475,10 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: default_store_url(),
+            retention_delivered_days: default_retention_delivered_days(),
+            retention_failed_days: default_retention_failed_days(),
+            retention_interval_secs: default_retention_interval_secs(),
+            retention_batch: default_retention_batch(),
         }
     }
 }
@@ -1089,6 +1118,23 @@ impl Config {
                     redact_url(store)
                 ),
             );
+        }
+
+        let st = &self.store;
+        if st.retention_delivered_days == 0 {
+            c.push("store.retention_delivered_days", "must be > 0, got 0");
+        }
+        if st.retention_failed_days == 0 {
+            c.push("store.retention_failed_days", "must be > 0, got 0");
+        }
+        if !(st.retention_interval_secs.is_finite() && st.retention_interval_secs > 0.0) {
+            c.push(
+                "store.retention_interval_secs",
+                format!("must be > 0, got {}", st.retention_interval_secs),
+            );
+        }
+        if st.retention_batch == 0 {
+            c.push("store.retention_batch", "must be > 0, got 0");
         }
 
         if let Some(redis) = &self.redis_url {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,9 @@ use crate::amqp::publisher::{BrokerStats, Publisher};
 use crate::amqp::topology::{self, ClassTopology};
 use crate::config::{ClassConfig, Config, ProviderMode};
 use crate::http::{self, Readiness};
+use crate::journal::StoreLog;
 use crate::providers::{ResendClient, ResendParams, SandboxClient, TwilioClient, TwilioParams};
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -33,6 +35,8 @@ pub enum EngineError {
     Http(#[from] std::io::Error),
     #[error("provider: {0}")]
     Provider(String),
+    #[error("delivery store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A running engine.
@@ -54,6 +58,10 @@ pub struct Engine {
     supervisor: Addr<Supervisor>,
     /// Deliveries taken from the broker and not yet settled.
     outstanding: Arc<AtomicUsize>,
+    /// The delivery store (also for `herald status` and the admin API).
+    pub store: Store,
+    /// Store health checks and the retention clean-up.
+    background: Vec<tokio::task::JoinHandle<()>>,
     http: actix_web::dev::ServerHandle,
 }
 
@@ -73,16 +81,59 @@ fn retry_delays_ms(c: &ClassConfig) -> Vec<u64> {
         .collect()
 }
 
-struct BrokerReadiness(Arc<BrokerLink>);
+/// Ready when the broker is connected and the store answered its last ping.
+struct EngineReadiness {
+    link: Arc<BrokerLink>,
+    store_ok: Arc<AtomicBool>,
+}
 
-impl Readiness for BrokerReadiness {
+impl Readiness for EngineReadiness {
     fn check(&self) -> Result<(), String> {
-        if self.0.connected() {
-            Ok(())
-        } else {
-            Err("broker disconnected".into())
+        if !self.link.connected() {
+            return Err("broker disconnected".into());
         }
+        if !self.store_ok.load(Ordering::SeqCst) {
+            return Err("delivery store unreachable".into());
+        }
+        Ok(())
     }
+}
+
+/// Pings the store every few seconds for `/readyz`.
+fn watch_store(store: Store, ok: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let up = store.ping().await.is_ok();
+            if ok.swap(up, Ordering::SeqCst) != up {
+                if up {
+                    info!("delivery store reachable again");
+                } else {
+                    tracing::warn!("delivery store unreachable");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+}
+
+/// Deletes old records on a schedule (`store.retention_*`).
+fn retention(store: Store, cfg: &crate::config::StoreConfig) -> tokio::task::JoinHandle<()> {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let every = Duration::from_secs_f64(cfg.retention_interval_secs);
+    let delivered = i64::from(cfg.retention_delivered_days) * DAY_MS;
+    let failed = i64::from(cfg.retention_failed_days) * DAY_MS;
+    let batch = cfg.retention_batch;
+    tokio::spawn(async move {
+        loop {
+            let now = crate::store::now_ms();
+            match store.purge(now - delivered, now - failed, batch).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "retention clean-up"),
+                Err(e) => tracing::warn!(error = %e, "retention clean-up failed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
 }
 
 impl Engine {
@@ -92,6 +143,7 @@ impl Engine {
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let registry = Registry::new();
+        let store = Store::open(&config.store.url).await?;
 
         let classes: Vec<ClassTopology> = config
             .classes
@@ -128,6 +180,10 @@ impl Engine {
             Some(stats),
             Duration::from_secs_f64(config.amqp.queue_poll_secs),
         ));
+        specs.push(ChildSpec::journal(
+            &registry,
+            Arc::new(StoreLog(store.clone())),
+        ));
         for &channel in &used {
             let (client, params) = provider_for(&config, channel, &mut sandbox)?;
             specs.push(ChildSpec::provider(&registry, params, client));
@@ -160,11 +216,13 @@ impl Engine {
         )
         .start();
         // Let the supervisor start its children before deliveries arrive.
-        while !config.classes.iter().all(|(n, c)| {
-            class_channels(c)
-                .iter()
-                .all(|ch| registry.sender(*ch, n).is_some())
-        }) {
+        while registry.journal().is_none()
+            || !config.classes.iter().all(|(n, c)| {
+                class_channels(c)
+                    .iter()
+                    .all(|ch| registry.sender(*ch, n).is_some())
+            })
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
@@ -183,10 +241,22 @@ impl Engine {
         };
         let control = link::start(params, link.clone(), ctx).await;
 
+        let store_ok = Arc::new(AtomicBool::new(true));
+        let background = vec![
+            watch_store(store.clone(), store_ok.clone()),
+            retention(store.clone(), &config.store),
+        ];
         let (http_addr, http) = http::serve(
             &config.http.addr,
             metrics.clone(),
-            Arc::new(BrokerReadiness(link.clone())),
+            Arc::new(EngineReadiness {
+                link: link.clone(),
+                store_ok,
+            }),
+            crate::api::ApiState {
+                store: store.clone(),
+                token: config.admin_token.clone(),
+            },
         )?;
         info!(%http_addr, mode = ?config.providers.mode, classes = config.classes.len(), "herald is running");
         Ok(Engine {
@@ -200,6 +270,8 @@ impl Engine {
             control,
             supervisor,
             outstanding,
+            store,
+            background,
             http,
         })
     }
@@ -230,6 +302,10 @@ impl Engine {
         self.http.stop(true).await;
         self.control.close().await;
         self.supervisor.do_send(StopSupervisor);
+        for task in &self.background {
+            task.abort();
+        }
+        self.store.close().await;
         if left > 0 {
             tracing::warn!(
                 left,

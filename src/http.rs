@@ -1,4 +1,5 @@
-//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`, and the admin
+//! API under `/api` ([`crate::api`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,6 +7,8 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use herald_actors::metrics::Metrics;
+
+use crate::api::ApiState;
 
 /// Whether herald can do its job: used by `/readyz`.
 pub trait Readiness: Send + Sync + 'static {
@@ -41,6 +44,7 @@ pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     ready: Arc<dyn Readiness>,
+    api: ApiState,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let state = web::Data::new(State { metrics, ready });
     let server = HttpServer::new(move || {
@@ -49,6 +53,7 @@ pub fn serve(
             .route("/metrics", web::get().to(metrics_text))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .configure(|cfg| crate::api::configure(cfg, api.clone()))
     })
     .workers(1)
     .disable_signals()

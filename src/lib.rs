@@ -7,6 +7,9 @@
 //! - [`amqp`]: the broker edge: topology, consumers, the confirmed publisher.
 //! - [`providers`]: the Twilio, Resend and sandbox clients.
 //! - [`fakes`]: local fake Twilio and Resend servers for tests and `herald bench`.
+//! - [`store`]: the delivery store (SQLite or PostgreSQL): claims, outcomes, retention.
+//! - [`journal`]: the delivery store behind the actors' journal port.
+//! - [`api`]: the admin API under `/api` (bearer token).
 //! - [`http`]: the one HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`engine`]: wires everything together and runs it.
 //! - [`dlq`]: `herald dlq list` and `herald dlq replay`.
@@ -15,12 +18,15 @@
 //! The actors themselves live in the `herald-actors` crate.
 
 pub mod amqp;
+pub mod api;
 pub mod config;
 pub mod dlq;
 pub mod engine;
 pub mod event;
 pub mod fakes;
 pub mod http;
+pub mod journal;
 pub mod providers;
+pub mod store;
 pub mod telemetry;
 pub mod template;

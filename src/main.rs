@@ -33,6 +33,13 @@ enum Command {
     },
     /// Publishes one event the way a client should.
     Publish(Box<PublishArgs>),
+    /// Prints the delivery record of one event, with its attempts.
+    Status {
+        /// The event id.
+        id: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Dead letters.
     Dlq {
         #[command(subcommand)]
@@ -134,6 +141,10 @@ fn main() -> anyhow::Result<()> {
             let cfg = load(args.config.clone())?;
             actix_rt::System::new().block_on(publish(cfg, *args))
         }
+        Command::Status { id, config } => {
+            let cfg = load(config)?;
+            actix_rt::System::new().block_on(status(cfg, id))
+        }
         Command::Dlq { command, config } => {
             let cfg = load(config)?;
             actix_rt::System::new().block_on(dlq(cfg, command))
@@ -192,6 +203,21 @@ async fn publish(cfg: Config, args: PublishArgs) -> anyhow::Result<()> {
         .await?;
     println!("{id}");
     Ok(())
+}
+
+async fn status(cfg: Config, id: String) -> anyhow::Result<()> {
+    let store = herald::store::Store::open(&cfg.store.url)
+        .await
+        .context("opening the delivery store")?;
+    let found = store.message(&id).await?;
+    store.close().await;
+    match found {
+        Some(view) => {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            Ok(())
+        }
+        None => bail!("no delivery record for event {id:?}"),
+    }
 }
 
 async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {

@@ -71,6 +71,8 @@ fn rabbitmqctl(args: &[&str]) {
 /// Fake providers, a vhost, and a live-mode config pointing at them, with
 /// short retry delays and generous rates so tests run in seconds.
 pub struct World {
+    /// Holds the SQLite delivery store.
+    pub dir: tempfile::TempDir,
     pub vhost: Vhost,
     pub twilio: FakeTwilio,
     pub resend: FakeResend,
@@ -79,6 +81,7 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
         let vhost = Vhost::new();
         let twilio = FakeTwilio::start(TWILIO_SID, TWILIO_TOKEN).expect("fake twilio");
         let resend = FakeResend::start(RESEND_KEY).expect("fake resend");
@@ -109,7 +112,10 @@ impl World {
         config.supervisor.heartbeat_ms = 100;
         config.supervisor.ping_timeout_ms = 1000;
         config.amqp.queue_poll_secs = 0.5;
+        config.store.url = format!("sqlite://{}/herald.db", dir.path().display());
+        config.providers.sandbox_outbox = dir.path().join("outbox.jsonl").display().to_string();
         World {
+            dir,
             vhost,
             twilio,
             resend,

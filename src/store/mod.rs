@@ -1,0 +1,463 @@
+//! The delivery store: one record per event and one per provider attempt,
+//! in embedded SQLite (the default, `sqlite://data/herald.db`) or
+//! PostgreSQL (`postgres://...`), with the same schema and the same SQL.
+//!
+//! The store turns the broker's at-least-once delivery into one send per
+//! event: before a provider call the event is [claimed](Store::claim), and a
+//! claim of an event a provider already accepted answers
+//! [`ClaimOutcome::AlreadySent`]. Every outcome is [recorded](Store::record).
+//! Both take whole batches in one transaction, which is what keeps the
+//! store off the hot path's critical cost. docs/specs/store.md holds the
+//! schema, the status machine and the delivery guarantees.
+//!
+//! # Layout
+//! - `model.rs`: claims, records, statuses and the views.
+//! - `ops.rs`: the operations, compiled once per backend.
+//! - `sql.rs`: every statement's text.
+//! - `error.rs`: [`StoreError`].
+
+mod error;
+mod model;
+mod ops;
+mod sql;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+pub use error::StoreError;
+pub use model::{
+    now_ms, AttemptView, ChannelCost, Claim, ClaimOutcome, MessageView, Outcome, Record, Status,
+    UserCost,
+};
+
+/// The default store, relative to the working directory.
+pub const DEFAULT_URL: &str = "sqlite://data/herald.db";
+
+/// How long a SQLite writer waits for another to finish before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite serialises writers, so a few connections serve readers and one
+/// writer at a time.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// PostgreSQL connections per herald process.
+const POSTGRES_MAX_CONNECTIONS: u32 = 8;
+/// How long a caller waits for a free connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The delivery store. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The pool of the backend the URL chose.
+    backend: Backend,
+}
+
+/// One pool type per backend, so each runs its own driver with the same
+/// statement text (sqlx's `Any` driver would lose the native types).
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Calls the operation `$op` of the store's backend module (see
+/// `ops.rs`) with its pool and the remaining arguments.
+macro_rules! dispatch {
+    ($store:expr, $op:ident($($arg:expr),*)) => {
+        match &$store.backend {
+            Backend::Sqlite(pool) => ops::sqlite::$op(pool, $($arg),*).await,
+            Backend::Postgres(pool) => ops::postgres::$op(pool, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store at `url` and brings its schema up to date.
+    ///
+    /// `sqlite://PATH` (relative to the working directory; parent
+    /// directories and the file are created) or `sqlite::memory:`;
+    /// `postgres://...` or `postgresql://...`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let shown = redact(url);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(open_sqlite(url, &shown).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(open_postgres(url, &shown).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: shown });
+        };
+        Ok(Store { backend })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, ping())
+    }
+
+    /// Waits for open transactions and closes every connection (shutdown).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Claims events for a provider call, in one transaction for the whole
+    /// batch, in order: a later claim of the same event sees the earlier
+    /// one. Returns one outcome per claim, in the same order. On error
+    /// nothing of the batch is applied.
+    pub async fn claim(&self, claims: &[Claim]) -> Result<Vec<ClaimOutcome>, StoreError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, claim(claims))
+    }
+
+    /// Applies outcome records in one transaction, in order. A record
+    /// closes the open attempt it names and moves the message (see
+    /// docs/specs/store.md for which moves are allowed: `sent` never moves
+    /// back); a record for an event never claimed creates its message. On
+    /// error nothing of the batch is applied.
+    pub async fn record(&self, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, record(records))
+    }
+
+    /// Makes a `dead_lettered` or `outcome_unknown` message claimable again
+    /// (status `retrying`), for a DLQ replay. False if there is no such
+    /// message in one of those statuses (`sent` and `suppressed` are never
+    /// released).
+    pub async fn release(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        dispatch!(self, release(event_id, now_ms))
+    }
+
+    /// One event's record with its attempts, oldest first.
+    pub async fn message(&self, event_id: &str) -> Result<Option<MessageView>, StoreError> {
+        dispatch!(self, message(event_id))
+    }
+
+    /// A user's messages sent (finished) in `[from_ms, to_ms)`, counted and
+    /// priced per channel. The day's window is the caller's: it knows the
+    /// time zone.
+    pub async fn user_cost(
+        &self,
+        user_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<UserCost, StoreError> {
+        let channels = dispatch!(self, user_cost(user_id, from_ms, to_ms))?;
+        Ok(UserCost {
+            user_id: user_id.to_owned(),
+            from_ms,
+            to_ms,
+            messages: channels.iter().map(|c| c.messages).sum(),
+            cost_usd: channels.iter().map(|c| c.cost_usd).sum(),
+            channels,
+        })
+    }
+
+    /// Retention: deletes `sent` messages finished before
+    /// `delivered_before_ms` and failed ones (`dead_lettered`,
+    /// `outcome_unknown`, `suppressed`) finished before `failed_before_ms`,
+    /// at most `batch` per statement (each its own short transaction),
+    /// until none is left. Attempts go with their message. Returns the
+    /// number of messages deleted.
+    pub async fn purge(
+        &self,
+        delivered_before_ms: i64,
+        failed_before_ms: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let batch = batch.max(1);
+        let delivered = dispatch!(self, purge(sql::PURGE_SENT, delivered_before_ms, batch))?;
+        let failed = dispatch!(self, purge(sql::PURGE_FAILED, failed_before_ms, batch))?;
+        Ok(delivered + failed)
+    }
+}
+
+async fn open_sqlite(url: &str, shown: &str) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url).map_err(|source| StoreError::InvalidUrl {
+        url: shown.to_owned(),
+        source,
+    })?;
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if !in_memory {
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+    }
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool_options = SqlitePoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
+    // An in-memory database lives as long as a connection to it: keep one.
+    let pool_options = if in_memory {
+        pool_options
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        pool_options.max_connections(SQLITE_MAX_CONNECTIONS)
+    };
+    let pool = pool_options
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect {
+            url: shown.to_owned(),
+            source,
+        })?;
+    SQLITE_MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: shown.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+async fn open_postgres(url: &str, shown: &str) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|source| StoreError::InvalidUrl {
+            url: shown.to_owned(),
+            source,
+        })?
+        // The hot path's multi-row statements join a VALUES list to the
+        // tables; a generic plan cached while a table was small (a fresh
+        // database) keeps scanning it whole as it grows. Custom plans see
+        // the current size each time, for a fraction of a millisecond.
+        .options([("plan_cache_mode", "force_custom_plan")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect {
+            url: shown.to_owned(),
+            source,
+        })?;
+    POSTGRES_MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: shown.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Cannot fail: a URL with a password has a host.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Where a SQLite URL's file lives (for operators' messages), or `None`
+/// for other URLs and in-memory databases.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    Some(Path::new(options.get_filename()).to_path_buf())
+}
+
+pub(crate) fn parse_status(value: String) -> Result<Status, StoreError> {
+    value.parse().map_err(|value| StoreError::Unexpected {
+        column: "messages.status",
+        value,
+    })
+}
+
+/// Stored counts are never negative or near `u32::MAX`; clamp rather than
+/// fail a lookup if a hand edit made them so.
+fn count(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+}
+
+pub(crate) fn message_from_row<R>(row: &R) -> Result<MessageView, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(MessageView {
+        event_id: row.try_get("event_id")?,
+        class: row.try_get("class")?,
+        user_id: row.try_get("user_id")?,
+        channel: row.try_get("channel")?,
+        status: parse_status(row.try_get("status")?)?,
+        attempts: count(row.try_get("attempts")?),
+        provider_id: row.try_get("provider_id")?,
+        cost_usd: row.try_get("cost_usd")?,
+        segments: count(row.try_get("segments")?),
+        reason: row.try_get("reason")?,
+        last_error: row.try_get("last_error")?,
+        fallback_from: row.try_get("fallback_from")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        finished_at_ms: row.try_get("finished_at")?,
+        attempt_log: Vec::new(),
+    })
+}
+
+pub(crate) fn attempt_from_row<R>(row: &R) -> Result<AttemptView, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(AttemptView {
+        attempt: count(row.try_get("attempt")?),
+        channel: row.try_get("channel")?,
+        started_at_ms: row.try_get("started_at")?,
+        finished_at_ms: row.try_get("finished_at")?,
+        outcome: row.try_get("outcome")?,
+        error: row.try_get("error")?,
+        provider_id: row.try_get("provider_id")?,
+        cost_usd: row.try_get("cost_usd")?,
+    })
+}
+
+pub(crate) fn channel_cost_from_row<R>(row: &R) -> Result<ChannelCost, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ChannelCost {
+        channel: row.try_get("channel")?,
+        messages: u64::from(count(row.try_get("messages")?)),
+        cost_usd: row.try_get("cost_usd")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(event_id: &str, channel: &'static str, attempt: u32, now_ms: i64) -> Claim {
+        Claim {
+            event_id: event_id.into(),
+            class: "payment_reminder".into(),
+            user_id: "user_1".into(),
+            channel,
+            attempt,
+            fallback_from: None,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://herald:s3cret@db.internal:5432/herald"),
+            "postgres://herald:***@db.internal:5432/herald"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/herald"),
+            "postgres://postgres@127.0.0.1/herald"
+        );
+        assert_eq!(redact(DEFAULT_URL), DEFAULT_URL);
+    }
+
+    #[test]
+    fn sqlite_path_is_relative_to_the_working_directory() {
+        assert_eq!(
+            sqlite_path(DEFAULT_URL),
+            Some(Path::new("data/herald.db").to_path_buf())
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://localhost/herald"), None);
+    }
+
+    #[tokio::test]
+    async fn unsupported_urls_are_refused_without_the_password() {
+        let err = Store::open("mysql://root:hunter2@localhost/herald")
+            .await
+            .unwrap_err();
+        assert_eq!(err.label(), "config");
+        let text = err.to_string();
+        assert!(text.contains("mysql://root:***@localhost/herald"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_claims_and_records() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        assert_eq!(store.backend(), "sqlite");
+        store.ping().await.unwrap();
+        assert_eq!(
+            store.claim(&[claim("e1", "sms", 1, 10)]).await.unwrap(),
+            [ClaimOutcome::Send {
+                previous_unknown: false
+            }]
+        );
+        store
+            .record(&[Record {
+                event_id: "e1".into(),
+                class: "payment_reminder".into(),
+                user_id: "user_1".into(),
+                channel: "sms",
+                attempt: 1,
+                outcome: Outcome::Sent {
+                    provider_id: Some("SM1".into()),
+                    cost_usd: 0.0075,
+                    segments: 1,
+                },
+                now_ms: 20,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim(&[claim("e1", "sms", 1, 30)]).await.unwrap(),
+            [ClaimOutcome::AlreadySent {
+                provider_id: Some("SM1".into())
+            }]
+        );
+        let view = store.message("e1").await.unwrap().unwrap();
+        assert_eq!(view.status, Status::Sent);
+        assert_eq!(view.attempts, 1);
+        assert_eq!(view.finished_at_ms, Some(20));
+    }
+}

@@ -1,0 +1,375 @@
+//! What goes into the store and what comes out: claims, outcome records,
+//! the message status and the views behind `herald status` and the admin API.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in the
+/// store (portable between SQLite and PostgreSQL, no time zone to get wrong).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Where a message stands. Stored as the snake_case name; see
+/// docs/specs/store.md for the transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Claimed for a provider call that has not reported back yet.
+    Sending,
+    /// The last attempt failed retriably; a retry travels through the broker.
+    Retrying,
+    /// A provider accepted it. Final: never moves again.
+    Sent,
+    /// Handed to the class's fallback channel, whose claim comes next.
+    Fallback,
+    /// Given up on, with a reason. Final until `Store::release` (DLQ replay).
+    DeadLettered,
+    /// Not sent on purpose (consent, opt-out). Final.
+    Suppressed,
+    /// A provider call whose result nobody knows (a timeout after the
+    /// request left). Claimable again.
+    OutcomeUnknown,
+}
+
+impl Status {
+    /// Every status, in the order of the lifecycle.
+    pub const ALL: [Status; 7] = [
+        Status::Sending,
+        Status::Retrying,
+        Status::Sent,
+        Status::Fallback,
+        Status::DeadLettered,
+        Status::Suppressed,
+        Status::OutcomeUnknown,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sending => "sending",
+            Status::Retrying => "retrying",
+            Status::Sent => "sent",
+            Status::Fallback => "fallback",
+            Status::DeadLettered => "dead_lettered",
+            Status::Suppressed => "suppressed",
+            Status::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+
+    /// True for statuses a claim refuses (`sent`, `dead_lettered`,
+    /// `suppressed`).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Sent | Status::DeadLettered | Status::Suppressed
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| s.to_owned())
+    }
+}
+
+/// A request to make one provider call for an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The event's id, its idempotency key.
+    pub event_id: String,
+    /// The message class (routing key).
+    pub class: String,
+    /// The user the message is for; kept for per-user cost and erasure.
+    pub user_id: String,
+    /// `"sms"` or `"email"`: the channel about to be called.
+    pub channel: &'static str,
+    /// The delivery's attempt number (1 for the first delivery).
+    pub attempt: u32,
+    /// The channel this claim falls back from, if it is a fallback send.
+    pub fallback_from: Option<&'static str>,
+    /// The time of the claim.
+    pub now_ms: i64,
+}
+
+/// What a claim decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Go ahead and send. `previous_unknown`: an earlier claim of this event
+    /// was never finished (a crash mid-call); that attempt is now recorded
+    /// `outcome_unknown`.
+    Send {
+        /// An unfinished earlier attempt was closed as `outcome_unknown`.
+        previous_unknown: bool,
+    },
+    /// Already accepted by a provider: do not send again (ack the delivery).
+    AlreadySent {
+        /// The provider's message id from the accepted send.
+        provider_id: Option<String>,
+    },
+    /// Already finished for good (`dead_lettered` or `suppressed`): do not
+    /// send.
+    AlreadyFinal {
+        /// The final status found.
+        status: Status,
+    },
+}
+
+/// The outcome of one attempt (or of an event that never reached a
+/// provider, such as a decode dead letter).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The event's id.
+    pub event_id: String,
+    /// The class; used only if the event was never claimed (the row is
+    /// created from the record), otherwise the stored one stays.
+    pub class: String,
+    /// The user id; used like `class`. Empty when the event had none.
+    pub user_id: String,
+    /// The channel of the attempt this record closes.
+    pub channel: &'static str,
+    /// The attempt number given to the matching claim.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The time of the outcome.
+    pub now_ms: i64,
+}
+
+/// What happened to an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The provider accepted the message.
+    Sent {
+        /// The provider's message id (Twilio SID, Resend id).
+        provider_id: Option<String>,
+        /// What the send cost.
+        cost_usd: f64,
+        /// SMS segments (1 for email).
+        segments: u32,
+    },
+    /// Failed retriably; a retry has been scheduled through the broker.
+    Retry {
+        /// The PII-free error detail.
+        error: String,
+    },
+    /// Failed on this channel; handed to the fallback channel.
+    Fallback {
+        /// The PII-free error detail.
+        error: String,
+    },
+    /// Given up: dead-lettered with a reason.
+    DeadLetter {
+        /// The fixed reason code (`x-herald-reason`).
+        reason: String,
+        /// The PII-free error detail, if any.
+        error: Option<String>,
+    },
+    /// Not sent on purpose (consent, opt-out, quiet-hours policy).
+    Suppressed {
+        /// The fixed reason code.
+        reason: String,
+    },
+    /// The call's result is unknown (for example a timeout after the
+    /// request was sent).
+    Unknown {
+        /// The PII-free error detail.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// The message status this outcome moves to.
+    pub fn status(&self) -> Status {
+        match self {
+            Outcome::Sent { .. } => Status::Sent,
+            Outcome::Retry { .. } => Status::Retrying,
+            Outcome::Fallback { .. } => Status::Fallback,
+            Outcome::DeadLetter { .. } => Status::DeadLettered,
+            Outcome::Suppressed { .. } => Status::Suppressed,
+            Outcome::Unknown { .. } => Status::OutcomeUnknown,
+        }
+    }
+
+    /// The attempt outcome stored in `attempts.outcome`.
+    pub fn attempt_outcome(&self) -> &'static str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Fallback { .. } => "fallback",
+            Outcome::DeadLetter { .. } => "dead_letter",
+            Outcome::Suppressed { .. } => "suppressed",
+            Outcome::Unknown { .. } => "outcome_unknown",
+        }
+    }
+
+    /// The error detail to store, if any.
+    pub(crate) fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Retry { error } | Outcome::Fallback { error } | Outcome::Unknown { error } => {
+                Some(error)
+            }
+            Outcome::DeadLetter { error, .. } => error.as_deref(),
+            Outcome::Sent { .. } | Outcome::Suppressed { .. } => None,
+        }
+    }
+
+    /// The reason code to store, if any.
+    pub(crate) fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::DeadLetter { reason, .. } | Outcome::Suppressed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// One event's delivery record, as `herald status` and
+/// `GET /api/messages/{id}` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageView {
+    /// The event's id.
+    pub event_id: String,
+    /// The message class.
+    pub class: String,
+    /// The user id (empty if the event had none).
+    pub user_id: String,
+    /// The latest channel tried.
+    pub channel: String,
+    /// Where the message stands.
+    pub status: Status,
+    /// Number of provider attempts (rows in `attempt_log`).
+    pub attempts: u32,
+    /// The provider's id of the accepted send.
+    pub provider_id: Option<String>,
+    /// Cost of the accepted send.
+    pub cost_usd: f64,
+    /// SMS segments of the accepted send.
+    pub segments: u32,
+    /// Reason code of a dead letter or suppression.
+    pub reason: Option<String>,
+    /// The last error seen.
+    pub last_error: Option<String>,
+    /// The channel the latest claim fell back from.
+    pub fallback_from: Option<String>,
+    /// When the event was first seen.
+    pub created_at_ms: i64,
+    /// When the record last changed.
+    pub updated_at_ms: i64,
+    /// When it reached `sent`, `dead_lettered`, `suppressed` or
+    /// `outcome_unknown`.
+    pub finished_at_ms: Option<i64>,
+    /// Every attempt, oldest first.
+    pub attempt_log: Vec<AttemptView>,
+}
+
+/// One provider attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptView {
+    /// The delivery's attempt number given by the claim.
+    pub attempt: u32,
+    /// The channel called.
+    pub channel: String,
+    /// When the claim was made.
+    pub started_at_ms: i64,
+    /// When the outcome was recorded; `None` while the call is open.
+    pub finished_at_ms: Option<i64>,
+    /// `sent`, `retry`, `fallback`, `dead_letter`, `suppressed` or
+    /// `outcome_unknown`; `None` while open.
+    pub outcome: Option<String>,
+    /// The PII-free error detail.
+    pub error: Option<String>,
+    /// The provider's message id, if accepted.
+    pub provider_id: Option<String>,
+    /// The cost, if accepted.
+    pub cost_usd: Option<f64>,
+}
+
+/// A user's sent messages and their cost in a time window (a day).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserCost {
+    /// The user.
+    pub user_id: String,
+    /// Window start, inclusive.
+    pub from_ms: i64,
+    /// Window end, exclusive.
+    pub to_ms: i64,
+    /// Messages sent in the window, all channels.
+    pub messages: u64,
+    /// Their total cost.
+    pub cost_usd: f64,
+    /// Per channel, sorted by channel name; channels without sends are left
+    /// out.
+    pub channels: Vec<ChannelCost>,
+}
+
+/// One channel's share of a [`UserCost`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelCost {
+    /// `sms` or `email`.
+    pub channel: String,
+    /// Messages sent.
+    pub messages: u64,
+    /// Their cost.
+    pub cost_usd: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>(), Ok(status));
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{status}\"")
+            );
+        }
+        assert!("delivered".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn only_sent_dead_lettered_and_suppressed_are_final() {
+        let finals: Vec<Status> = Status::ALL.into_iter().filter(|s| s.is_final()).collect();
+        assert_eq!(
+            finals,
+            [Status::Sent, Status::DeadLettered, Status::Suppressed]
+        );
+    }
+
+    #[test]
+    fn outcomes_map_to_statuses_and_attempt_outcomes() {
+        let dead = Outcome::DeadLetter {
+            reason: "permanent_failure".into(),
+            error: Some("twilio 21211".into()),
+        };
+        assert_eq!(dead.status(), Status::DeadLettered);
+        assert_eq!(dead.attempt_outcome(), "dead_letter");
+        assert_eq!(dead.reason(), Some("permanent_failure"));
+        assert_eq!(dead.error(), Some("twilio 21211"));
+        let unknown = Outcome::Unknown {
+            error: "timeout".into(),
+        };
+        assert_eq!(unknown.status(), Status::OutcomeUnknown);
+        assert_eq!(unknown.attempt_outcome(), "outcome_unknown");
+        assert_eq!(unknown.reason(), None);
+    }
+}

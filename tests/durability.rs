@@ -1,0 +1,248 @@
+//! Durability end to end: the delivery store behind the engine, on the real
+//! broker, with SQLite and with PostgreSQL.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use herald::engine::Engine;
+use herald::fakes::FakeResponse;
+use support::*;
+
+/// A fresh PostgreSQL database for one test; dropped after it.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    fn new() -> PgDatabase {
+        let name = format!("herald_durability_{}", rand::random::<u32>());
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[actix_rt::test]
+async fn the_same_event_published_twice_minutes_apart_is_sent_once() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let body = event("evt-twice", Some("+15551230020"), None);
+    publish_raw(&conn, "weekly_checkin", &body).await;
+    eventually(20, || w.twilio.sent_count() == 1).await;
+    // "Minutes apart": a different engine, nothing kept in memory; only the
+    // store remembers.
+    engine.stop(Duration::from_secs(5)).await;
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    publish_raw(&conn, "weekly_checkin", &body).await;
+    let addr = engine.http_addr;
+    let series = r#"herald_duplicates_suppressed_total{channel="sms",class="weekly_checkin"}"#;
+    for _ in 0..200 {
+        if metric(addr, series).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(addr, series).await, 1.0);
+    assert_eq!(w.twilio.sent_count(), 1, "sent once");
+    assert_eq!(w.twilio.request_count(), 1, "the provider was called once");
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+async fn status_shows_sent_fallback_and_dead_letter(mut w: World) {
+    w.twilio.script_for(
+        "+15551230022",
+        vec![
+            FakeResponse::Status(503),
+            FakeResponse::Status(503),
+            FakeResponse::Status(503),
+        ],
+    );
+    w.config.admin_token = Some("admin-secret".into());
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-delivered", Some("+15551230021"), None),
+    )
+    .await;
+    publish_raw(
+        &conn,
+        "payment_reminder",
+        &event(
+            "evt-fallback",
+            Some("+15005550001"),
+            Some("jane@example.com"),
+        ),
+    )
+    .await;
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-dead", Some("+15551230022"), None),
+    )
+    .await;
+
+    let store = engine.store.clone();
+    let finished = |id: &'static str, status: &'static str| {
+        let store = store.clone();
+        async move {
+            for _ in 0..300 {
+                if let Some(v) = store.message(id).await.unwrap() {
+                    if v.status.as_str() == status {
+                        return v;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!(
+                "{id} never reached {status}: {:?}",
+                store.message(id).await.unwrap()
+            );
+        }
+    };
+    let delivered = finished("evt-delivered", "sent").await;
+    assert_eq!(delivered.channel, "sms");
+    assert_eq!(delivered.attempts, 1);
+    assert!(delivered.provider_id.as_deref().unwrap().starts_with("SM"));
+    assert!(
+        (delivered.cost_usd - 0.0075).abs() < 1e-9,
+        "{}",
+        delivered.cost_usd
+    );
+
+    let fallback = finished("evt-fallback", "sent").await;
+    assert_eq!(fallback.channel, "email");
+    assert_eq!(fallback.attempts, 2, "{fallback:?}");
+    let outcomes: Vec<_> = fallback
+        .attempt_log
+        .iter()
+        .map(|a| (a.channel.as_str(), a.outcome.as_deref()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![("sms", Some("fallback")), ("email", Some("sent"))]
+    );
+
+    let dead = finished("evt-dead", "dead_lettered").await;
+    assert_eq!(dead.attempts, 3, "{dead:?}");
+    assert_eq!(dead.reason.as_deref(), Some("retries_exhausted"));
+    assert!(dead.attempt_log.iter().all(|a| a.finished_at_ms.is_some()));
+
+    // `herald status` prints the same records.
+    for (id, status, attempts) in [
+        ("evt-delivered", "sent", 1),
+        ("evt-fallback", "sent", 2),
+        ("evt-dead", "dead_lettered", 3),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["status", id])
+            .env("HERALD_STORE_URL", &w.config.store.url)
+            .env_remove("HERALD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(view["status"], status, "{view}");
+        assert_eq!(
+            view["attempt_log"].as_array().unwrap().len(),
+            attempts,
+            "{view}"
+        );
+    }
+    let missing = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["status", "no-such-event"])
+        .env("HERALD_STORE_URL", &w.config.store.url)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+
+    // The admin API shows it too, only with the token.
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/messages/evt-dead", engine.http_addr);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let wrong = client.get(&url).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = client
+        .get(&url)
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let view: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(view["status"], "dead_lettered");
+    let today = chrono::Utc::now().format("%Y-%m-%d");
+    let cost: serde_json::Value = client
+        .get(format!(
+            "http://{}/api/users/user_1/cost?date={today}",
+            engine.http_addr
+        ))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cost["messages"], 2, "{cost}");
+    let usd = cost["cost_usd"].as_f64().unwrap();
+    assert!((usd - (0.0075 + 0.0001)).abs() < 1e-9, "{cost}");
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn status_shows_a_delivered_sms_a_fallback_email_and_a_dead_letter_on_sqlite() {
+    status_shows_sent_fallback_and_dead_letter(World::new()).await;
+}
+
+#[actix_rt::test]
+async fn status_shows_a_delivered_sms_a_fallback_email_and_a_dead_letter_on_postgres() {
+    let db = PgDatabase::new();
+    let mut w = World::new();
+    w.config.store.url = db.url();
+    status_shows_sent_fallback_and_dead_letter(w).await;
+}

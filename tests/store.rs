@@ -1,0 +1,1056 @@
+//! The delivery store's suite. Every test body is written once, as an async
+//! fn taking a [`Db`], and runs twice: against a fresh SQLite file in a
+//! temporary directory (`sqlite::...`) and against a fresh database on the
+//! machine's PostgreSQL (`postgres::...`), created per test and dropped at
+//! the end. PostgreSQL is `postgres://postgres@127.0.0.1:5432` unless
+//! `HERALD_TEST_POSTGRES_URL` names another server (its maintenance
+//! database; the user must be allowed to create databases).
+//!
+//! `cargo test --release --test store -- --ignored --nocapture` runs the
+//! batch throughput measurement.
+
+use std::time::Instant;
+
+use herald::store::{Claim, ClaimOutcome, MessageView, Outcome, Record, Status, Store};
+use sqlx::{Connection, Executor};
+
+/// A day in milliseconds.
+const DAY: i64 = 86_400_000;
+/// 2025-01-15T00:00:00Z, the suite's "today".
+const T0: i64 = 1_736_899_200_000;
+
+// ---------------------------------------------------------------------------
+// The two backends.
+
+/// A fresh, migrated store and the URL it was opened with.
+struct Db {
+    /// The store under test.
+    store: Store,
+    /// Its URL, to open it again (a restart) or to look at raw rows.
+    url: String,
+    /// Removes the database when the test ends, passed or not.
+    _guard: Guard,
+}
+
+/// Held only for its `Drop`.
+#[allow(dead_code)]
+enum Guard {
+    /// The SQLite file lives in this directory.
+    Sqlite(tempfile::TempDir),
+    /// The PostgreSQL database to drop.
+    Postgres(PgDatabase),
+}
+
+impl Db {
+    async fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet: open must create it.
+        let url = format!("sqlite://{}/data/herald.db", dir.path().display());
+        let store = Store::open(&url).await.unwrap();
+        Db {
+            store,
+            url,
+            _guard: Guard::Sqlite(dir),
+        }
+    }
+
+    async fn postgres() -> Db {
+        let database = PgDatabase::create().await;
+        let url = database.url();
+        let store = Store::open(&url).await.unwrap();
+        Db {
+            store,
+            url,
+            _guard: Guard::Postgres(database),
+        }
+    }
+
+    /// Opens the same database again, as a restarted herald would.
+    async fn reopen(&self) -> Store {
+        Store::open(&self.url).await.unwrap()
+    }
+
+    /// Rows in `attempts` for an event, read behind the store's back.
+    async fn attempt_rows(&self, event_id: &str) -> i64 {
+        let sql = "SELECT COUNT(*) FROM attempts WHERE event_id = $1";
+        if self.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(event_id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(event_id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+fn postgres_server() -> String {
+    std::env::var("HERALD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of its own for one test, dropped (connections and all) when
+/// this is dropped, even after a failed assertion.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    async fn create() -> PgDatabase {
+        let name = format!("herald_test_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&postgres_server())
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (or HERALD_TEST_POSTGRES_URL)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        PgDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        let mut url = url::Url::parse(&postgres_server()).unwrap();
+        url.set_path(&self.name);
+        url.to_string()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop runs outside any runtime we may block: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_server()).await {
+                    let _ = admin.execute(statement.as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Runs each named test body against both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::Db::sqlite().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::Db::postgres().await;
+                    super::$name(&db).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    fresh_claim_sends,
+    claim_after_sent_is_already_sent,
+    crash_mid_call_is_recorded_outcome_unknown,
+    retry_then_sent,
+    sms_falls_back_to_email,
+    dead_letter_and_suppression_are_final,
+    release_makes_a_dead_letter_claimable,
+    same_event_twice_in_one_batch,
+    sent_never_moves_backwards,
+    record_without_claim_creates_the_message,
+    unknown_outcome_can_be_claimed_again,
+    message_view_lists_attempts_oldest_first,
+    user_cost_counts_one_day_per_channel,
+    purge_deletes_by_age_and_status_with_attempts,
+    migrations_run_again_harmlessly,
+    concurrent_batches_all_commit,
+);
+
+// ---------------------------------------------------------------------------
+// Building claims and records.
+
+fn claim(event_id: &str, channel: &'static str, attempt: u32, now_ms: i64) -> Claim {
+    Claim {
+        event_id: event_id.to_owned(),
+        class: "payment_reminder".to_owned(),
+        user_id: "user_1".to_owned(),
+        channel,
+        attempt,
+        fallback_from: None,
+        now_ms,
+    }
+}
+
+fn record(
+    event_id: &str,
+    channel: &'static str,
+    attempt: u32,
+    outcome: Outcome,
+    now_ms: i64,
+) -> Record {
+    Record {
+        event_id: event_id.to_owned(),
+        class: "payment_reminder".to_owned(),
+        user_id: "user_1".to_owned(),
+        channel,
+        attempt,
+        outcome,
+        now_ms,
+    }
+}
+
+fn sent(provider_id: &str, cost_usd: f64, segments: u32) -> Outcome {
+    Outcome::Sent {
+        provider_id: Some(provider_id.to_owned()),
+        cost_usd,
+        segments,
+    }
+}
+
+fn retry(error: &str) -> Outcome {
+    Outcome::Retry {
+        error: error.to_owned(),
+    }
+}
+
+fn dead_letter(reason: &str, error: &str) -> Outcome {
+    Outcome::DeadLetter {
+        reason: reason.to_owned(),
+        error: Some(error.to_owned()),
+    }
+}
+
+const SEND: ClaimOutcome = ClaimOutcome::Send {
+    previous_unknown: false,
+};
+const SEND_AFTER_UNKNOWN: ClaimOutcome = ClaimOutcome::Send {
+    previous_unknown: true,
+};
+
+async fn view(store: &Store, event_id: &str) -> MessageView {
+    store
+        .message(event_id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no record of {event_id}"))
+}
+
+/// The attempt log as `(attempt, channel, outcome)`.
+fn log(view: &MessageView) -> Vec<(u32, &str, Option<&str>)> {
+    view.attempt_log
+        .iter()
+        .map(|a| (a.attempt, a.channel.as_str(), a.outcome.as_deref()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The suite.
+
+async fn fresh_claim_sends(db: &Db) {
+    let store = &db.store;
+    store.ping().await.unwrap();
+    assert_eq!(
+        store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sending);
+    assert_eq!(v.class, "payment_reminder");
+    assert_eq!(v.user_id, "user_1");
+    assert_eq!(v.channel, "sms");
+    assert_eq!(v.attempts, 1);
+    assert_eq!(v.created_at_ms, T0);
+    assert_eq!(v.updated_at_ms, T0);
+    assert_eq!(v.finished_at_ms, None);
+    assert_eq!(v.provider_id, None);
+    assert_eq!(log(&v), [(1, "sms", None)]);
+    assert_eq!(v.attempt_log[0].started_at_ms, T0);
+    assert_eq!(v.attempt_log[0].finished_at_ms, None);
+    assert_eq!(db.attempt_rows("e1").await, 1);
+}
+
+async fn claim_after_sent_is_already_sent(db: &Db) {
+    let store = &db.store;
+    store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap();
+    store
+        .record(&[record("e1", "sms", 1, sent("SM1", 0.0075, 1), T0 + 5)])
+        .await
+        .unwrap();
+    let again = store
+        .claim(&[
+            claim("e1", "sms", 1, T0 + 60_000),
+            claim("e1", "email", 1, T0 + 60_001),
+        ])
+        .await
+        .unwrap();
+    let already = ClaimOutcome::AlreadySent {
+        provider_id: Some("SM1".to_owned()),
+    };
+    assert_eq!(again, [already.clone(), already]);
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.attempts, 1);
+    assert_eq!(v.channel, "sms");
+    assert_eq!(v.updated_at_ms, T0 + 5);
+    assert_eq!(log(&v), [(1, "sms", Some("sent"))]);
+}
+
+async fn crash_mid_call_is_recorded_outcome_unknown(db: &Db) {
+    assert_eq!(
+        db.store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    // herald dies mid-call; a restarted herald gets the redelivery.
+    db.store.close().await;
+    let store = db.reopen().await;
+    assert_eq!(
+        store
+            .claim(&[claim("e1", "sms", 1, T0 + 1_000)])
+            .await
+            .unwrap(),
+        [SEND_AFTER_UNKNOWN]
+    );
+    let v = view(&store, "e1").await;
+    assert_eq!(v.status, Status::Sending);
+    assert_eq!(v.attempts, 2);
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("outcome_unknown")), (1, "sms", None)]
+    );
+    assert_eq!(v.attempt_log[0].finished_at_ms, Some(T0 + 1_000));
+    assert!(v.attempt_log[0].error.is_some());
+    store
+        .record(&[record("e1", "sms", 1, sent("SM2", 0.0075, 1), T0 + 1_500)])
+        .await
+        .unwrap();
+    let v = view(&store, "e1").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.provider_id.as_deref(), Some("SM2"));
+    assert_eq!(
+        log(&v),
+        [
+            (1, "sms", Some("outcome_unknown")),
+            (1, "sms", Some("sent"))
+        ]
+    );
+    store.close().await;
+}
+
+async fn retry_then_sent(db: &Db) {
+    let store = &db.store;
+    store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap();
+    store
+        .record(&[record("e1", "sms", 1, retry("twilio_5xx: 503"), T0 + 10)])
+        .await
+        .unwrap();
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Retrying);
+    assert_eq!(v.last_error.as_deref(), Some("twilio_5xx: 503"));
+    assert_eq!(v.finished_at_ms, None);
+    assert_eq!(
+        store
+            .claim(&[claim("e1", "sms", 2, T0 + 60_000)])
+            .await
+            .unwrap(),
+        [SEND]
+    );
+    assert_eq!(view(store, "e1").await.status, Status::Sending);
+    store
+        .record(&[record("e1", "sms", 2, sent("SM9", 0.015, 2), T0 + 60_100)])
+        .await
+        .unwrap();
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.attempts, 2);
+    assert_eq!(v.segments, 2);
+    assert_eq!(v.cost_usd, 0.015);
+    assert_eq!(v.finished_at_ms, Some(T0 + 60_100));
+    assert_eq!(v.last_error.as_deref(), Some("twilio_5xx: 503"));
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("retry")), (2, "sms", Some("sent"))]
+    );
+    assert_eq!(v.attempt_log[0].error.as_deref(), Some("twilio_5xx: 503"));
+    assert_eq!(v.attempt_log[1].provider_id.as_deref(), Some("SM9"));
+    assert_eq!(v.attempt_log[1].cost_usd, Some(0.015));
+}
+
+async fn sms_falls_back_to_email(db: &Db) {
+    let store = &db.store;
+    store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap();
+    store
+        .record(&[record(
+            "e1",
+            "sms",
+            1,
+            Outcome::Fallback {
+                error: "twilio 21610".to_owned(),
+            },
+            T0 + 10,
+        )])
+        .await
+        .unwrap();
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Fallback);
+    assert_eq!(v.finished_at_ms, None);
+    let email = Claim {
+        fallback_from: Some("sms"),
+        ..claim("e1", "email", 1, T0 + 20)
+    };
+    assert_eq!(store.claim(&[email]).await.unwrap(), [SEND]);
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sending);
+    assert_eq!(v.channel, "email");
+    assert_eq!(v.fallback_from.as_deref(), Some("sms"));
+    store
+        .record(&[record("e1", "email", 1, sent("re_1", 0.0001, 1), T0 + 30)])
+        .await
+        .unwrap();
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.channel, "email");
+    assert_eq!(v.provider_id.as_deref(), Some("re_1"));
+    assert_eq!(v.cost_usd, 0.0001);
+    assert_eq!(v.attempts, 2);
+    assert_eq!(v.last_error.as_deref(), Some("twilio 21610"));
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("fallback")), (1, "email", Some("sent"))]
+    );
+    // A late sms retry record must not disturb the sent email.
+    store
+        .record(&[record("e1", "sms", 1, retry("late"), T0 + 40)])
+        .await
+        .unwrap();
+    assert_eq!(view(store, "e1").await.status, Status::Sent);
+}
+
+async fn dead_letter_and_suppression_are_final(db: &Db) {
+    let store = &db.store;
+    store
+        .claim(&[claim("dead", "sms", 1, T0), claim("quiet", "sms", 1, T0)])
+        .await
+        .unwrap();
+    store
+        .record(&[
+            record(
+                "dead",
+                "sms",
+                1,
+                dead_letter("permanent_failure", "twilio 21211"),
+                T0 + 1,
+            ),
+            record(
+                "quiet",
+                "sms",
+                1,
+                Outcome::Suppressed {
+                    reason: "opted_out".to_owned(),
+                },
+                T0 + 2,
+            ),
+        ])
+        .await
+        .unwrap();
+    let again = store
+        .claim(&[
+            claim("dead", "sms", 1, T0 + 10),
+            claim("quiet", "email", 1, T0 + 10),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        [
+            ClaimOutcome::AlreadyFinal {
+                status: Status::DeadLettered
+            },
+            ClaimOutcome::AlreadyFinal {
+                status: Status::Suppressed
+            },
+        ]
+    );
+    let dead = view(store, "dead").await;
+    assert_eq!(dead.status, Status::DeadLettered);
+    assert_eq!(dead.reason.as_deref(), Some("permanent_failure"));
+    assert_eq!(dead.last_error.as_deref(), Some("twilio 21211"));
+    assert_eq!(dead.finished_at_ms, Some(T0 + 1));
+    assert_eq!(dead.attempts, 1);
+    assert_eq!(log(&dead), [(1, "sms", Some("dead_letter"))]);
+    let quiet = view(store, "quiet").await;
+    assert_eq!(quiet.status, Status::Suppressed);
+    assert_eq!(quiet.reason.as_deref(), Some("opted_out"));
+    assert_eq!(quiet.finished_at_ms, Some(T0 + 2));
+    assert_eq!(log(&quiet), [(1, "sms", Some("suppressed"))]);
+    // A later retry record cannot revive either.
+    store
+        .record(&[
+            record("dead", "sms", 1, retry("late"), T0 + 20),
+            record("quiet", "sms", 1, retry("late"), T0 + 20),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(view(store, "dead").await.status, Status::DeadLettered);
+    assert_eq!(view(store, "quiet").await.status, Status::Suppressed);
+}
+
+async fn release_makes_a_dead_letter_claimable(db: &Db) {
+    let store = &db.store;
+    store
+        .claim(&[
+            claim("dead", "sms", 3, T0),
+            claim("sent", "sms", 1, T0),
+            claim("quiet", "sms", 1, T0),
+        ])
+        .await
+        .unwrap();
+    store
+        .record(&[
+            record(
+                "dead",
+                "sms",
+                3,
+                dead_letter("retries_exhausted", "503"),
+                T0 + 1,
+            ),
+            record("sent", "sms", 1, sent("SM1", 0.0075, 1), T0 + 1),
+            record(
+                "quiet",
+                "sms",
+                1,
+                Outcome::Suppressed {
+                    reason: "opted_out".to_owned(),
+                },
+                T0 + 1,
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(store.release("dead", T0 + 100).await.unwrap());
+    assert!(!store.release("sent", T0 + 100).await.unwrap());
+    assert!(!store.release("quiet", T0 + 100).await.unwrap());
+    assert!(!store.release("missing", T0 + 100).await.unwrap());
+    let v = view(store, "dead").await;
+    assert_eq!(v.status, Status::Retrying);
+    assert_eq!(v.finished_at_ms, None);
+    assert_eq!(v.updated_at_ms, T0 + 100);
+    // Released once: a second release finds nothing to release.
+    assert!(!store.release("dead", T0 + 101).await.unwrap());
+    assert_eq!(
+        store
+            .claim(&[claim("dead", "sms", 1, T0 + 200)])
+            .await
+            .unwrap(),
+        [SEND]
+    );
+    store
+        .record(&[record("dead", "sms", 1, sent("SM2", 0.0075, 1), T0 + 300)])
+        .await
+        .unwrap();
+    let v = view(store, "dead").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.attempts, 2);
+    assert_eq!(
+        log(&v),
+        [(3, "sms", Some("dead_letter")), (1, "sms", Some("sent"))]
+    );
+    assert_eq!(view(store, "sent").await.status, Status::Sent);
+    assert_eq!(view(store, "quiet").await.status, Status::Suppressed);
+}
+
+async fn same_event_twice_in_one_batch(db: &Db) {
+    let store = &db.store;
+    let outcomes = store
+        .claim(&[
+            claim("e1", "sms", 1, T0),
+            claim("e1", "sms", 1, T0 + 1),
+            claim("e2", "sms", 1, T0 + 2),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [SEND, SEND_AFTER_UNKNOWN, SEND]);
+    let v = view(store, "e1").await;
+    assert_eq!(v.attempts, 2);
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("outcome_unknown")), (1, "sms", None)]
+    );
+    // Records in one batch apply in order too: the second sees the first.
+    store
+        .record(&[
+            record("e2", "sms", 1, sent("SM2", 0.0075, 1), T0 + 10),
+            record("e2", "sms", 1, retry("late duplicate"), T0 + 11),
+            record("e1", "sms", 1, retry("503"), T0 + 12),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(view(store, "e2").await.status, Status::Sent);
+    assert_eq!(view(store, "e1").await.status, Status::Retrying);
+    // A batch mixing a sent event, a retried one and a new one.
+    let outcomes = store
+        .claim(&[
+            claim("e2", "sms", 1, T0 + 20),
+            claim("e1", "sms", 2, T0 + 20),
+            claim("e3", "email", 1, T0 + 20),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            ClaimOutcome::AlreadySent {
+                provider_id: Some("SM2".to_owned())
+            },
+            SEND,
+            SEND,
+        ]
+    );
+}
+
+async fn sent_never_moves_backwards(db: &Db) {
+    let store = &db.store;
+    store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap();
+    store
+        .record(&[record("e1", "sms", 1, sent("SM1", 0.0075, 1), T0 + 1)])
+        .await
+        .unwrap();
+    store
+        .record(&[
+            record("e1", "sms", 1, retry("late"), T0 + 2),
+            record(
+                "e1",
+                "sms",
+                1,
+                Outcome::Fallback {
+                    error: "late".to_owned(),
+                },
+                T0 + 3,
+            ),
+            record(
+                "e1",
+                "sms",
+                1,
+                dead_letter("permanent_failure", "late"),
+                T0 + 4,
+            ),
+            record(
+                "e1",
+                "sms",
+                1,
+                Outcome::Suppressed {
+                    reason: "opted_out".to_owned(),
+                },
+                T0 + 5,
+            ),
+            record(
+                "e1",
+                "sms",
+                1,
+                Outcome::Unknown {
+                    error: "late".to_owned(),
+                },
+                T0 + 6,
+            ),
+            record("e1", "sms", 1, sent("SM-other", 0.5, 9), T0 + 7),
+        ])
+        .await
+        .unwrap();
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.provider_id.as_deref(), Some("SM1"));
+    assert_eq!(v.cost_usd, 0.0075);
+    assert_eq!(v.segments, 1);
+    assert_eq!(v.finished_at_ms, Some(T0 + 1));
+    assert_eq!(v.updated_at_ms, T0 + 1);
+    assert_eq!(v.last_error, None);
+    assert_eq!(v.reason, None);
+    assert_eq!(log(&v), [(1, "sms", Some("sent"))]);
+}
+
+async fn record_without_claim_creates_the_message(db: &Db) {
+    let store = &db.store;
+    // Bad input with an id: dead-lettered on decode, never claimed.
+    store
+        .record(&[Record {
+            user_id: String::new(),
+            ..record(
+                "bad-1",
+                "sms",
+                1,
+                Outcome::DeadLetter {
+                    reason: "invalid_phone".to_owned(),
+                    error: None,
+                },
+                T0,
+            )
+        }])
+        .await
+        .unwrap();
+    let v = view(store, "bad-1").await;
+    assert_eq!(v.status, Status::DeadLettered);
+    assert_eq!(v.reason.as_deref(), Some("invalid_phone"));
+    assert_eq!(v.last_error, None);
+    assert_eq!(v.user_id, "");
+    assert_eq!(v.class, "payment_reminder");
+    assert_eq!(v.attempts, 0);
+    assert!(v.attempt_log.is_empty());
+    assert_eq!(v.created_at_ms, T0);
+    assert_eq!(v.finished_at_ms, Some(T0));
+    assert_eq!(
+        store
+            .claim(&[claim("bad-1", "sms", 1, T0 + 1)])
+            .await
+            .unwrap(),
+        [ClaimOutcome::AlreadyFinal {
+            status: Status::DeadLettered
+        }]
+    );
+    // A sent record never claimed (cannot happen in herald, but must not
+    // be lost).
+    store
+        .record(&[record("odd", "email", 1, sent("re_9", 0.0001, 1), T0 + 2)])
+        .await
+        .unwrap();
+    let v = view(store, "odd").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.provider_id.as_deref(), Some("re_9"));
+    assert_eq!(v.attempts, 0);
+}
+
+async fn unknown_outcome_can_be_claimed_again(db: &Db) {
+    let store = &db.store;
+    store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap();
+    store
+        .record(&[record(
+            "e1",
+            "sms",
+            1,
+            Outcome::Unknown {
+                error: "timeout after request".to_owned(),
+            },
+            T0 + 30_000,
+        )])
+        .await
+        .unwrap();
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::OutcomeUnknown);
+    assert_eq!(v.finished_at_ms, Some(T0 + 30_000));
+    assert_eq!(log(&v), [(1, "sms", Some("outcome_unknown"))]);
+    assert_eq!(
+        store
+            .claim(&[claim("e1", "sms", 2, T0 + 60_000)])
+            .await
+            .unwrap(),
+        [SEND]
+    );
+    let v = view(store, "e1").await;
+    assert_eq!(v.status, Status::Sending);
+    assert_eq!(v.finished_at_ms, None);
+    assert_eq!(v.attempts, 2);
+}
+
+async fn message_view_lists_attempts_oldest_first(db: &Db) {
+    let store = &db.store;
+    assert!(store.message("missing").await.unwrap().is_none());
+    for attempt in 1..=3u32 {
+        let at = T0 + i64::from(attempt) * 1_000;
+        store
+            .claim(&[claim("e1", "sms", attempt, at)])
+            .await
+            .unwrap();
+        let outcome = if attempt < 3 {
+            retry(&format!("error {attempt}"))
+        } else {
+            dead_letter("retries_exhausted", "error 3")
+        };
+        store
+            .record(&[record("e1", "sms", attempt, outcome, at + 100)])
+            .await
+            .unwrap();
+    }
+    let v = view(store, "e1").await;
+    assert_eq!(v.attempts, 3);
+    assert_eq!(
+        log(&v),
+        [
+            (1, "sms", Some("retry")),
+            (2, "sms", Some("retry")),
+            (3, "sms", Some("dead_letter")),
+        ]
+    );
+    let starts: Vec<i64> = v.attempt_log.iter().map(|a| a.started_at_ms).collect();
+    assert_eq!(starts, [T0 + 1_000, T0 + 2_000, T0 + 3_000]);
+    let errors: Vec<Option<&str>> = v.attempt_log.iter().map(|a| a.error.as_deref()).collect();
+    assert_eq!(errors, [Some("error 1"), Some("error 2"), Some("error 3")]);
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["status"], "dead_lettered");
+    assert_eq!(json["attempt_log"][2]["outcome"], "dead_letter");
+    assert_eq!(json["attempt_log"].as_array().unwrap().len(), 3);
+}
+
+async fn user_cost_counts_one_day_per_channel(db: &Db) {
+    let store = &db.store;
+    let day = |n: i64| T0 + n * DAY;
+    // (event, user, channel, finished, outcome)
+    let cases: [(&str, &str, &'static str, i64, Outcome); 7] = [
+        ("a", "u1", "sms", day(0) + 1, sent("SM1", 0.0075, 1)),
+        ("b", "u1", "sms", day(1) - 1, sent("SM2", 0.015, 2)),
+        ("c", "u1", "email", day(0) + 5, sent("re_1", 0.0001, 1)),
+        ("d", "u1", "sms", day(1), sent("SM3", 0.0075, 1)),
+        ("e", "u1", "sms", day(0) - 1, sent("SM4", 0.0075, 1)),
+        (
+            "f",
+            "u1",
+            "sms",
+            day(0) + 9,
+            dead_letter("permanent_failure", "x"),
+        ),
+        ("g", "u2", "sms", day(0) + 9, sent("SM5", 0.0075, 1)),
+    ];
+    let claims: Vec<Claim> = cases
+        .iter()
+        .map(|(id, user, channel, at, _)| Claim {
+            user_id: (*user).to_owned(),
+            ..claim(id, channel, 1, at - 1)
+        })
+        .collect();
+    store.claim(&claims).await.unwrap();
+    let records: Vec<Record> = cases
+        .iter()
+        .map(|(id, user, channel, at, outcome)| Record {
+            user_id: (*user).to_owned(),
+            ..record(id, channel, 1, outcome.clone(), *at)
+        })
+        .collect();
+    store.record(&records).await.unwrap();
+
+    let cost = store.user_cost("u1", day(0), day(1)).await.unwrap();
+    assert_eq!(cost.user_id, "u1");
+    assert_eq!((cost.from_ms, cost.to_ms), (day(0), day(1)));
+    assert_eq!(cost.messages, 3);
+    assert!((cost.cost_usd - 0.0226).abs() < 1e-9, "{cost:?}");
+    let channels: Vec<(&str, u64)> = cost
+        .channels
+        .iter()
+        .map(|c| (c.channel.as_str(), c.messages))
+        .collect();
+    assert_eq!(channels, [("email", 1), ("sms", 2)]);
+    assert!((cost.channels[0].cost_usd - 0.0001).abs() < 1e-9);
+    assert!((cost.channels[1].cost_usd - 0.0225).abs() < 1e-9);
+
+    let next = store.user_cost("u1", day(1), day(2)).await.unwrap();
+    assert_eq!(next.messages, 1);
+    assert_eq!(next.channels.len(), 1);
+    let nobody = store.user_cost("nobody", day(0), day(1)).await.unwrap();
+    assert_eq!(nobody.messages, 0);
+    assert_eq!(nobody.cost_usd, 0.0);
+    assert!(nobody.channels.is_empty());
+}
+
+async fn purge_deletes_by_age_and_status_with_attempts(db: &Db) {
+    let store = &db.store;
+    let now = T0 + 200 * DAY;
+    let delivered_before = now - 90 * DAY;
+    let failed_before = now - 30 * DAY;
+    let old = now - 100 * DAY;
+    let middle = now - 60 * DAY;
+    let recent = now - DAY;
+    // (event, finished, outcome); `None` leaves the claim open.
+    let cases: Vec<(String, i64, Option<Outcome>)> = vec![
+        ("sent-old-1".into(), old, Some(sent("SM1", 0.0075, 1))),
+        ("sent-old-2".into(), old, Some(sent("SM2", 0.0075, 1))),
+        ("sent-old-3".into(), old, Some(sent("SM3", 0.0075, 1))),
+        ("sent-middle".into(), middle, Some(sent("SM4", 0.0075, 1))),
+        ("sent-recent".into(), recent, Some(sent("SM5", 0.0075, 1))),
+        (
+            "dead-middle".into(),
+            middle,
+            Some(dead_letter("permanent_failure", "x")),
+        ),
+        (
+            "dead-recent".into(),
+            recent,
+            Some(dead_letter("permanent_failure", "x")),
+        ),
+        (
+            "quiet-old".into(),
+            old,
+            Some(Outcome::Suppressed {
+                reason: "opted_out".into(),
+            }),
+        ),
+        (
+            "unknown-middle".into(),
+            middle,
+            Some(Outcome::Unknown {
+                error: "timeout".into(),
+            }),
+        ),
+        ("retrying-old".into(), old, Some(retry("503"))),
+        ("sending-old".into(), old, None),
+    ];
+    let claims: Vec<Claim> = cases
+        .iter()
+        .map(|(id, at, _)| claim(id, "sms", 1, at - 1))
+        .collect();
+    store.claim(&claims).await.unwrap();
+    let records: Vec<Record> = cases
+        .iter()
+        .filter_map(|(id, at, outcome)| Some(record(id, "sms", 1, outcome.clone()?, *at)))
+        .collect();
+    store.record(&records).await.unwrap();
+    assert_eq!(db.attempt_rows("sent-old-1").await, 1);
+
+    // A batch of 2 makes both deletes loop.
+    let deleted = store
+        .purge(delivered_before, failed_before, 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 6);
+    for gone in [
+        "sent-old-1",
+        "sent-old-2",
+        "sent-old-3",
+        "dead-middle",
+        "quiet-old",
+        "unknown-middle",
+    ] {
+        assert!(store.message(gone).await.unwrap().is_none(), "{gone} kept");
+        assert_eq!(db.attempt_rows(gone).await, 0, "attempts of {gone} kept");
+    }
+    for kept in [
+        "sent-middle",
+        "sent-recent",
+        "dead-recent",
+        "retrying-old",
+        "sending-old",
+    ] {
+        assert!(
+            store.message(kept).await.unwrap().is_some(),
+            "{kept} deleted"
+        );
+        assert_eq!(db.attempt_rows(kept).await, 1, "attempts of {kept}");
+    }
+    assert_eq!(
+        store
+            .purge(delivered_before, failed_before, 2)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn migrations_run_again_harmlessly(db: &Db) {
+    db.store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap();
+    let second = db.reopen().await;
+    let third = db.reopen().await;
+    assert_eq!(view(&second, "e1").await.status, Status::Sending);
+    assert_eq!(
+        third.claim(&[claim("e2", "email", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    assert_eq!(view(&db.store, "e2").await.attempts, 1);
+    second.close().await;
+    third.close().await;
+}
+
+async fn concurrent_batches_all_commit(db: &Db) {
+    let tasks: Vec<_> = (0..4)
+        .map(|task| {
+            let store = db.store.clone();
+            tokio::spawn(async move {
+                for batch in 0..5 {
+                    let claims: Vec<Claim> = (0..50)
+                        .map(|i| claim(&format!("c-{task}-{batch}-{i}"), "sms", 1, T0))
+                        .collect();
+                    let outcomes = store.claim(&claims).await.unwrap();
+                    assert!(outcomes.iter().all(|o| *o == SEND));
+                    let records: Vec<Record> = claims
+                        .iter()
+                        .map(|c| record(&c.event_id, "sms", 1, sent("SM", 0.0075, 1), T0 + 1))
+                        .collect();
+                    store.record(&records).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let v = view(&db.store, "c-3-4-49").await;
+    assert_eq!(v.status, Status::Sent);
+    let cost = db.store.user_cost("user_1", T0, T0 + DAY).await.unwrap();
+    assert_eq!(cost.messages, 1_000);
+}
+
+// ---------------------------------------------------------------------------
+// Throughput (ignored by default; run in release mode).
+
+async fn measure(db: &Db) {
+    const BATCH: usize = 500;
+    let batches: usize = std::env::var("HERALD_STORE_BENCH_BATCHES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
+    let store = &db.store;
+    let mut claim_time = std::time::Duration::ZERO;
+    let mut record_time = std::time::Duration::ZERO;
+    for b in 0..batches {
+        let claims: Vec<Claim> = (0..BATCH)
+            .map(|i| claim(&format!("evt-{b}-{i}"), "sms", 1, T0))
+            .collect();
+        let started = Instant::now();
+        let outcomes = store.claim(&claims).await.unwrap();
+        claim_time += started.elapsed();
+        assert_eq!(outcomes.len(), BATCH);
+        let records: Vec<Record> = claims
+            .iter()
+            .map(|c| record(&c.event_id, "sms", 1, sent("SM", 0.0075, 1), T0 + 1))
+            .collect();
+        let started = Instant::now();
+        store.record(&records).await.unwrap();
+        record_time += started.elapsed();
+    }
+    let events = (BATCH * batches) as f64;
+    println!(
+        "{}: {} batches of {BATCH}: claim {:.0} events/s, record {:.0} events/s, claim+record {:.0} events/s",
+        store.backend(),
+        batches,
+        events / claim_time.as_secs_f64(),
+        events / record_time.as_secs_f64(),
+        events / (claim_time + record_time).as_secs_f64(),
+    );
+}
+
+#[tokio::test]
+#[ignore = "throughput measurement; run with --release -- --ignored --nocapture"]
+async fn throughput_sqlite() {
+    measure(&Db::sqlite().await).await;
+}
+
+#[tokio::test]
+#[ignore = "throughput measurement; run with --release -- --ignored --nocapture"]
+async fn throughput_postgres() {
+    let db = Db::postgres().await;
+    measure(&db).await;
+    db.store.close().await;
+}
