@@ -27,9 +27,13 @@ CREATE INDEX messages_status_finished ON messages (status, finished_at);
 -- Per-user daily cost: `user_id = ? AND finished_at BETWEEN ...`.
 CREATE INDEX messages_user_finished ON messages (user_id, finished_at);
 
+-- One row per provider attempt. `seq` numbers an event's attempts 1, 2, ...
+-- in claim order; the latest is `messages.attempts`, and only the latest can
+-- be open (a claim closes any open one), so a record finds its attempt by
+-- primary key.
 CREATE TABLE attempts (
-    id          INTEGER PRIMARY KEY,
     event_id    TEXT    NOT NULL REFERENCES messages (event_id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
     attempt     INTEGER NOT NULL,
     channel     TEXT    NOT NULL CHECK (channel IN ('sms', 'email')),
     started_at  INTEGER NOT NULL,
@@ -38,7 +42,6 @@ CREATE TABLE attempts (
                                            'suppressed', 'outcome_unknown')),
     error       TEXT,
     provider_id TEXT,
-    cost_usd    REAL
-);
-
-CREATE INDEX attempts_event ON attempts (event_id);
+    cost_usd    REAL,
+    PRIMARY KEY (event_id, seq)
+) WITHOUT ROWID;

@@ -102,7 +102,7 @@ macro_rules! backend {
                     .into_iter()
                     .filter(|c| fresh.contains(c.event_id.as_str()))
                     .collect();
-                open_attempts(&mut tx, &opened).await?;
+                open_attempts(&mut tx, &opened, 1).await?;
                 let mut outcomes = Vec::with_capacity(claims.len());
                 for claim in claims {
                     // Only an event's first claim in the batch can be in
@@ -157,8 +157,12 @@ macro_rules! backend {
                 Ok(fresh)
             }
 
-            /// Opens one attempt per claim.
-            async fn open_attempts(tx: &mut Tx, claims: &[&Claim]) -> Result<(), StoreError> {
+            /// Opens one attempt per claim, each its event's attempt `seq`.
+            async fn open_attempts(
+                tx: &mut Tx,
+                claims: &[&Claim],
+                seq: i64,
+            ) -> Result<(), StoreError> {
                 let mut rest = claims;
                 for size in sql::chunk_sizes(claims.len()) {
                     let (chunk, tail) = rest.split_at(size);
@@ -168,6 +172,7 @@ macro_rules! backend {
                     for c in chunk {
                         query = query
                             .bind(c.event_id.as_str())
+                            .bind(seq)
                             .bind(i64::from(c.attempt))
                             .bind(c.channel)
                             .bind(c.now_ms);
@@ -194,7 +199,7 @@ macro_rules! backend {
                         .bind(claim.now_ms)
                         .execute(&mut **tx)
                         .await?;
-                    open_attempts(tx, &[claim]).await?;
+                    open_attempts(tx, &[claim], 1).await?;
                     return Ok(ClaimOutcome::Send {
                         previous_unknown: false,
                     });
@@ -218,16 +223,17 @@ macro_rules! backend {
                             .execute(&mut **tx)
                             .await?
                             .rows_affected();
-                        open_attempts(tx, &[claim]).await?;
-                        sqlx::query(sql::RECLAIM_MESSAGE)
+                        let seq: i64 = sqlx::query(sql::RECLAIM_MESSAGE)
                             .bind(claim.event_id.as_str())
                             .bind(claim.channel)
                             .bind(claim.fallback_from)
                             .bind(claim.now_ms)
                             .bind(claim.class.as_str())
                             .bind(claim.user_id.as_str())
-                            .execute(&mut **tx)
-                            .await?;
+                            .fetch_one(&mut **tx)
+                            .await?
+                            .try_get(0)?;
+                        open_attempts(tx, &[claim], seq).await?;
                         Ok(ClaimOutcome::Send {
                             previous_unknown: unfinished > 0,
                         })
@@ -245,16 +251,13 @@ macro_rules! backend {
                     .iter()
                     .partition(|r| seen.insert(r.event_id.as_str()));
                 firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
-                let t0 = std::time::Instant::now();
                 close_attempts(&mut tx, &firsts).await?;
-                let t1 = t0.elapsed();
                 let (sent, other): (Vec<&Record>, Vec<&Record>) = firsts
                     .iter()
                     .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
                 let mut moved = HashSet::with_capacity(firsts.len());
                 move_sent(&mut tx, &sent, &mut moved).await?;
                 move_other(&mut tx, &other, &mut moved).await?;
-                let t2 = t0.elapsed();
                 for record in firsts {
                     if !moved.contains(record.event_id.as_str()) {
                         insert_recorded(&mut tx, record).await?;
@@ -264,9 +267,6 @@ macro_rules! backend {
                     record_one(&mut tx, record).await?;
                 }
                 tx.commit().await?;
-                if records.len() > 100 {
-                    eprintln!("close {:?} move {:?} total {:?}", t1, t2 - t1, t0.elapsed());
-                }
                 Ok(())
             }
 

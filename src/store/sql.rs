@@ -33,12 +33,13 @@ pub(crate) const CLOSE_OPEN_ATTEMPTS: &str = "\
 UPDATE attempts SET finished_at = $2, outcome = 'outcome_unknown', error = $3 \
 WHERE event_id = $1 AND finished_at IS NULL";
 
-/// A later claim of a claimable message. `$1` event id, `$2` channel, `$3`
-/// fallback from, `$4` now, `$5` class, `$6` user id.
+/// A later claim of a claimable message; returns the new attempt's `seq`.
+/// `$1` event id, `$2` channel, `$3` fallback from, `$4` now, `$5` class,
+/// `$6` user id.
 pub(crate) const RECLAIM_MESSAGE: &str = "\
 UPDATE messages SET status = 'sending', channel = $2, fallback_from = $3, attempts = attempts + 1, \
 class = $5, user_id = $6, finished_at = NULL, updated_at = $4 \
-WHERE event_id = $1";
+WHERE event_id = $1 RETURNING attempts";
 
 /// A record for an event never claimed (a decode dead letter). `$1` event
 /// id, `$2` class, `$3` user id, `$4` channel, `$5` status, `$6` provider id,
@@ -63,7 +64,7 @@ FROM messages WHERE event_id = $1";
 
 pub(crate) const SELECT_ATTEMPTS: &str = "\
 SELECT attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd \
-FROM attempts WHERE event_id = $1 ORDER BY id";
+FROM attempts WHERE event_id = $1 ORDER BY seq";
 
 /// `$1` user id, `$2` from (inclusive), `$3` to (exclusive).
 pub(crate) const USER_COST: &str = "\
@@ -101,23 +102,26 @@ created_at, updated_at) VALUES ",
     tail: " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
 };
 
-/// Opens attempts: event id, attempt, channel, now.
+/// Opens attempts: event id, seq, attempt, channel, now.
 pub(crate) const INSERT_ATTEMPTS_MANY: Many = Many {
-    head: "INSERT INTO attempts (event_id, attempt, channel, started_at) VALUES ",
-    row: "(?1, ?2, ?3, ?4)",
-    params: 4,
+    head: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at) VALUES ",
+    row: "(?1, ?2, ?3, ?4, ?5)",
+    params: 5,
     tail: "",
 };
 
 /// Closes the open attempt each record names (one record per event):
 /// event id, channel, attempt, now, outcome, error, provider id, cost.
+/// Only an event's latest attempt (`seq = messages.attempts`) can be open,
+/// so both joins are primary-key lookups whatever the planner's statistics.
 pub(crate) const CLOSE_ATTEMPTS_MANY: Many = Many {
     head: "UPDATE attempts SET finished_at = v.column4, outcome = v.column5, error = v.column6, \
 provider_id = v.column7, cost_usd = v.column8 FROM (VALUES ",
     row: "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     params: 8,
-    tail: ") AS v WHERE attempts.event_id = v.column1 AND attempts.channel = v.column2 \
-AND attempts.attempt = v.column3 AND attempts.finished_at IS NULL",
+    tail: ") AS v, messages AS m WHERE m.event_id = v.column1 AND attempts.event_id = v.column1 \
+AND attempts.seq = m.attempts AND attempts.channel = v.column2 AND attempts.attempt = v.column3 \
+AND attempts.finished_at IS NULL",
 };
 
 /// `sent` wins over every status but itself: event id, channel, provider
@@ -224,8 +228,8 @@ mod tests {
     fn rows_are_numbered_across_the_statement() {
         assert_eq!(
             INSERT_ATTEMPTS_MANY.text(2),
-            "INSERT INTO attempts (event_id, attempt, channel, started_at) VALUES \
-($1, $2, $3, $4), ($5, $6, $7, $8)"
+            "INSERT INTO attempts (event_id, seq, attempt, channel, started_at) VALUES \
+($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
         );
         let claim = CLAIM_INSERT_MANY.text(2);
         assert!(
