@@ -322,6 +322,16 @@ async fn settle(w: &World, published: &[Published], secs: u64) -> Report {
     }
 }
 
+/// Waits until the providers accepted `count` messages: the fault then
+/// strikes mid-flight.
+async fn wait_until_sent(w: &World, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.twilio.sent_count() + w.resend.sent_count() < count {
+        assert!(Instant::now() < deadline, "nothing flowing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn summary(r: &Report, n: usize) -> String {
     format!(
         "{n} published: {} sms, {} email, {} dead-lettered, {} lost, {} sms twice, {} email twice",
@@ -438,11 +448,7 @@ async fn rabbitmq_stopped_and_started_mid_flight_herald_recovers_alone() {
     let rig = Rig::new();
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "mq").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rig.world.twilio.sent_count() + rig.world.resend.sent_count() < n / 4 {
-        assert!(Instant::now() < deadline, "nothing flowing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_sent(&rig.world, n / 4).await;
     {
         let _stopped = BrokerStopped::stop();
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -503,11 +509,7 @@ async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() 
     let rig = Rig::new();
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "term").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rig.world.twilio.sent_count() + rig.world.resend.sent_count() < n / 5 {
-        assert!(Instant::now() < deadline, "nothing flowing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_sent(&rig.world, n / 5).await;
     let pid = herald.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

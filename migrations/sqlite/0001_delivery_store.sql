@@ -20,7 +20,7 @@ CREATE TABLE messages (
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL,
     finished_at   INTEGER
-);
+) WITHOUT ROWID;
 
 -- Retention: `status = ? AND finished_at < ?`.
 CREATE INDEX messages_status_finished ON messages (status, finished_at);
