@@ -21,7 +21,6 @@ mod model;
 mod ops;
 mod sql;
 
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -286,16 +285,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Where a SQLite URL's file lives (for operators' messages), or `None`
-/// for other URLs and in-memory databases.
-pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
-    if !url.starts_with("sqlite:") || url.contains(":memory:") {
-        return None;
-    }
-    let options = SqliteConnectOptions::from_str(url).ok()?;
-    Some(Path::new(options.get_filename()).to_path_buf())
-}
-
 pub(crate) fn parse_status(value: String) -> Result<Status, StoreError> {
     value.parse().map_err(|value| StoreError::Unexpected {
         column: "messages.status",
@@ -399,16 +388,6 @@ mod tests {
             "postgres://postgres@127.0.0.1/herald"
         );
         assert_eq!(redact(DEFAULT_URL), DEFAULT_URL);
-    }
-
-    #[test]
-    fn sqlite_path_is_relative_to_the_working_directory() {
-        assert_eq!(
-            sqlite_path(DEFAULT_URL),
-            Some(Path::new("data/herald.db").to_path_buf())
-        );
-        assert_eq!(sqlite_path("sqlite::memory:"), None);
-        assert_eq!(sqlite_path("postgres://localhost/herald"), None);
     }
 
     #[tokio::test]
