@@ -5,17 +5,26 @@
 //! load, hundreds per transaction under load. Records go before claims, so a
 //! claim always sees every outcome already reported.
 //!
+//! Two copies of one event in flight at once (a publisher that published
+//! twice) must not both go out: the store cannot tell a crashed call from
+//! one still running. So the journal keeps the events it has claimed and not
+//! yet seen an outcome for; a second claim for one of them is parked until
+//! the first outcome is committed, then claimed in turn (and found sent). An
+//! outcome that never comes (its provider died mid-call) frees the event
+//! after [`STALE_AFTER`].
+//!
 //! A claim's verdict decides the job: `Send` goes on to the provider,
 //! `AlreadySent` and `AlreadyFinal` are acked without a second provider
 //! call. A record that carries a ticket acks it only once committed. If the
 //! store fails, the batch waits and is tried again; tickets stay held, so
 //! nothing is acked before it is durable.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::messages::{Claim, Observe, Record, Submit};
@@ -28,6 +37,11 @@ const MAX_BATCH: usize = 512;
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How soon to try the provider again when it is being restarted.
 const PROVIDER_RETRY: Duration = Duration::from_millis(50);
+/// How long a claimed event may go without an outcome before a parked copy
+/// of it is let through (longer than any provider timeout).
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// How often parked claims are checked for staleness.
+const PARK_CHECK: Duration = Duration::from_secs(5);
 
 pub struct Journal {
     /// The store.
@@ -44,6 +58,13 @@ pub struct Journal {
     busy: bool,
     /// A retry timer is armed.
     retry_armed: bool,
+    /// Events claimed (or being claimed) whose outcome is not committed yet,
+    /// with when their claim was queued.
+    active: HashMap<Arc<str>, Instant>,
+    /// Second copies of active events, waiting their turn.
+    parked: HashMap<Arc<str>, VecDeque<Submit>>,
+    /// The staleness check is armed.
+    park_check_armed: bool,
 }
 
 impl Journal {
@@ -56,7 +77,60 @@ impl Journal {
             unsent: Vec::new(),
             busy: false,
             retry_armed: false,
+            active: HashMap::new(),
+            parked: HashMap::new(),
+            park_check_armed: false,
         }
+    }
+
+    /// Queues a claim, or parks it behind an active copy of its event.
+    fn enqueue_claim(&mut self, submit: Submit, ctx: &mut Context<Self>) {
+        let id = submit.job.event_id.clone();
+        if self.active.contains_key(&id) {
+            self.parked.entry(id).or_default().push_back(submit);
+            self.arm_park_check(ctx);
+            return;
+        }
+        self.active.insert(id, Instant::now());
+        self.claims.push_back(submit);
+    }
+
+    /// The event's outcome is known: let its next parked copy be claimed.
+    fn done(&mut self, id: &Arc<str>, ctx: &mut Context<Self>) {
+        self.active.remove(id);
+        if let Some(queue) = self.parked.get_mut(id) {
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                self.parked.remove(id);
+            }
+            if let Some(next) = next {
+                self.enqueue_claim(next, ctx);
+            }
+        }
+    }
+
+    fn arm_park_check(&mut self, ctx: &mut Context<Self>) {
+        if self.park_check_armed {
+            return;
+        }
+        self.park_check_armed = true;
+        ctx.run_later(PARK_CHECK, |act, ctx| {
+            act.park_check_armed = false;
+            let stale: Vec<Arc<str>> = act
+                .parked
+                .keys()
+                .filter(|id| act.active.get(*id).is_none_or(|at| at.elapsed() >= STALE_AFTER))
+                .cloned()
+                .collect();
+            for id in stale {
+                warn!(event_id = %id, "no outcome for a claimed event; letting its next copy through");
+                act.done(&id, ctx);
+            }
+            if !act.parked.is_empty() {
+                act.arm_park_check(ctx);
+            }
+            act.flush(ctx);
+        });
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -77,9 +151,11 @@ impl Journal {
                         match res {
                             Ok(()) => {
                                 for r in batch {
+                                    let id = r.record.event_id.clone();
                                     if let Some(t) = r.ticket {
                                         t.ack();
                                     }
+                                    act.done(&id, ctx);
                                 }
                             }
                             Err(e) => act.failed(e, ctx, |act| {
@@ -169,7 +245,9 @@ impl Journal {
                     channel: job.channel,
                     class: job.class.clone(),
                 });
+                let id = job.event_id.clone();
                 submit.ticket.ack();
+                self.done(&id, ctx);
             }
         }
     }
@@ -197,7 +275,7 @@ impl Handler<Claim> for Journal {
     type Result = ();
 
     fn handle(&mut self, Claim(submit): Claim, ctx: &mut Context<Self>) {
-        self.claims.push_back(submit);
+        self.enqueue_claim(submit, ctx);
         self.flush(ctx);
     }
 }

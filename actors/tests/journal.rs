@@ -214,3 +214,49 @@ async fn a_journal_that_dies_returns_what_it_held() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
+    let log = Arc::new(MemoryLog::default());
+    // Slow sends: the second copy arrives while the first call is open.
+    let w = start_full(
+        vec![class("c", 1, 600_000)],
+        Duration::from_millis(300),
+        8,
+        Some(Arc::new(Log(log.clone()))),
+    );
+    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
+        .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "twin", &tx);
+    deliver(&w, "twin", &tx);
+    deliver(&w, "other", &tx);
+    for _ in 0..3 {
+        assert_eq!(next(&mut rx).await, Disposition::Ack);
+    }
+    let sent: Vec<String> = w
+        .recorder
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|id| *id == "twin").count(),
+        1,
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.iter().filter(|id| *id == "other").count(),
+        1,
+        "{sent:?}"
+    );
+    assert_eq!(
+        w.metrics
+            .outcome_unknown
+            .with_label_values(&["sms", "c"])
+            .get(),
+        0
+    );
+}
