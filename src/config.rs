@@ -84,6 +84,9 @@ const ENV_ONLY: &[(&str, &str)] = &[
 
 /// Most retries a class may ask for: beyond this, backoff delays reach days.
 pub const MAX_RETRIES: u32 = 20;
+/// A provider call must end well before RabbitMQ's default consumer timeout
+/// (30 min), or the broker closes the channel of a delivery still held.
+pub const MAX_PROVIDER_TIMEOUT_SECS: f64 = 600.0;
 
 /// Longest class or template name. Class names become queue names
 /// (`herald.<class>` plus suffixes, at most 255 bytes) and metric labels.
@@ -1168,6 +1171,15 @@ impl Config {
         }
         c.positive("providers.twilio.rate_per_sec", t.rate_per_sec);
         c.positive("providers.twilio.timeout_secs", t.timeout_secs);
+        if t.timeout_secs >= MAX_PROVIDER_TIMEOUT_SECS {
+            c.push(
+                "providers.twilio.timeout_secs",
+                format!(
+                    "must be below RabbitMQ's consumer timeout ({MAX_PROVIDER_TIMEOUT_SECS} s), got {}",
+                    t.timeout_secs
+                ),
+            );
+        }
         c.non_negative(
             "providers.twilio.cost_per_segment_usd",
             t.cost_per_segment_usd,
@@ -1195,6 +1207,15 @@ impl Config {
         }
         c.positive("providers.resend.rate_per_sec", r.rate_per_sec);
         c.positive("providers.resend.timeout_secs", r.timeout_secs);
+        if r.timeout_secs >= MAX_PROVIDER_TIMEOUT_SECS {
+            c.push(
+                "providers.resend.timeout_secs",
+                format!(
+                    "must be below RabbitMQ's consumer timeout ({MAX_PROVIDER_TIMEOUT_SECS} s), got {}",
+                    r.timeout_secs
+                ),
+            );
+        }
         c.non_negative(
             "providers.resend.cost_per_message_usd",
             r.cost_per_message_usd,
@@ -1633,6 +1654,18 @@ base_delay_secs = 30
             at_path[0].starts_with(&format!("{path}: {message}")),
             "{path}: expected {message:?}, got {:?}",
             at_path[0]
+        );
+    }
+
+    #[test]
+    fn provider_timeouts_stay_below_the_consumer_timeout() {
+        let p = problems(&format!(
+            "{MINIMAL}\n[providers.twilio]\ntimeout_secs = 3600\n"
+        ));
+        assert_problem(
+            &p,
+            "providers.twilio.timeout_secs",
+            "must be below RabbitMQ's consumer timeout",
         );
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use herald_actors::backoff;
 use herald_actors::class_sender::ClassParams;
-use herald_actors::messages::Release;
+use herald_actors::messages::{IsIdle, Release};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
 use herald_actors::provider::ProviderParams;
@@ -297,6 +297,16 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.outstanding();
+        // Outcome records that carry no delivery (retries, dead letters)
+        // are committed before the store closes.
+        if let Some(journal) = self.registry.journal() {
+            while tokio::time::Instant::now() < deadline {
+                if journal.send(IsIdle).await.unwrap_or(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         // Let the last acks reach the broker before the connection closes.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.http.stop(true).await;

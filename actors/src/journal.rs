@@ -27,7 +27,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::messages::{Claim, Observe, Record, Submit};
+use crate::messages::{Claim, IsIdle, Observe, Record, Submit};
 use crate::ports::{ClaimRequest, ClaimVerdict, DeliveryLog, JournalError};
 use crate::registry::{send_or_return, Registry};
 
@@ -286,5 +286,13 @@ impl Handler<Record> for Journal {
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
         self.records.push_back(msg);
         self.flush(ctx);
+    }
+}
+
+impl Handler<IsIdle> for Journal {
+    type Result = bool;
+
+    fn handle(&mut self, _: IsIdle, _: &mut Context<Self>) -> bool {
+        !self.busy && self.records.is_empty() && self.claims.is_empty()
     }
 }

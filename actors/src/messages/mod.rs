@@ -133,6 +133,11 @@ pub enum Observe {
 #[rtype(result = "()")]
 pub struct Release;
 
+/// Whether the journal has nothing queued or being written (for shutdown).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "bool")]
+pub struct IsIdle;
+
 /// Health check from the supervisor: answered at once by a healthy actor.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
