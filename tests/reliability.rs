@@ -344,6 +344,32 @@ fn summary(r: &Report, n: usize) -> String {
     )
 }
 
+/// The store agrees with where each event ended: `sent` if a provider
+/// accepted it, `dead_lettered` if it is in the DLQ.
+async fn assert_store_agrees(rig: &Rig, published: &[Published], r: &Report) {
+    let store = herald::store::Store::open(&rig.store_url).await.unwrap();
+    let mut wrong = Vec::new();
+    for p in published {
+        let delivered = r.sms.contains_key(&p.id) || r.email.contains_key(&p.id);
+        let want = if delivered { "sent" } else { "dead_lettered" };
+        match store.message(&p.id).await.unwrap() {
+            Some(v) if v.status.as_str() == want => {}
+            other => wrong.push((
+                p.id.clone(),
+                want,
+                other.map(|v| v.status.as_str().to_owned()),
+            )),
+        }
+    }
+    store.close().await;
+    assert!(
+        wrong.is_empty(),
+        "{} records disagree, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
 fn assert_nothing_lost(r: &Report, n: usize, rig: &Rig) {
     assert!(
         r.lost.is_empty(),
@@ -364,6 +390,7 @@ async fn no_fault_nothing_lost_nothing_sent_twice() {
     let r = settle(&rig.world, &published, if full() { 300 } else { 120 }).await;
     eprintln!("no fault: {}", summary(&r, n));
     assert_nothing_lost(&r, n, &rig);
+    assert_store_agrees(&rig, &published, &r).await;
     assert!(
         r.sms_twice.is_empty() && r.email_twice.is_empty(),
         "{}",
@@ -391,6 +418,7 @@ async fn kill_9_five_times_mid_flight_loses_nothing() {
     let r = settle(&rig.world, &published, 180).await;
     eprintln!("kill -9 x5: {}", summary(&r, n));
     assert_nothing_lost(&r, n, &rig);
+    assert_store_agrees(&rig, &published, &r).await;
     assert!(
         r.email_twice.is_empty(),
         "email is never sent twice: {:?}",
@@ -464,6 +492,7 @@ async fn rabbitmq_stopped_and_started_mid_flight_herald_recovers_alone() {
         "herald recovered without a restart"
     );
     assert_nothing_lost(&r, n, &rig);
+    assert_store_agrees(&rig, &published, &r).await;
     assert!(r.email_twice.is_empty(), "{:?}", r.email_twice);
     assert!(
         r.sms_twice.is_empty(),
@@ -493,6 +522,7 @@ async fn providers_failing_half_the_time_lose_nothing_and_retries_show() {
     let r = settle(&rig.world, &published, 240).await;
     eprintln!("50% errors: {}", summary(&r, n));
     assert_nothing_lost(&r, n, &rig);
+    assert_store_agrees(&rig, &published, &r).await;
     assert!(
         r.sms_twice.is_empty() && r.email_twice.is_empty(),
         "{}",
@@ -537,6 +567,7 @@ async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() 
     let r = settle(&rig.world, &published, 180).await;
     eprintln!("sigterm: {}", summary(&r, n));
     assert_nothing_lost(&r, n, &rig);
+    assert_store_agrees(&rig, &published, &r).await;
     assert!(
         r.sms_twice.is_empty() && r.email_twice.is_empty(),
         "{}",
