@@ -72,6 +72,18 @@ fn class_channels(c: &ClassConfig) -> Vec<Channel> {
     v
 }
 
+/// Every class's queues, as the topology declares them.
+pub fn class_topology(config: &Config) -> Vec<ClassTopology> {
+    config
+        .classes
+        .iter()
+        .map(|(name, c)| ClassTopology {
+            class: name.clone(),
+            retry_delays_ms: retry_delays_ms(c),
+        })
+        .collect()
+}
+
 /// The nominal delay of each of a class's retries, in ms.
 fn retry_delays_ms(c: &ClassConfig) -> Vec<u64> {
     let base = Duration::from_secs_f64(c.base_delay_secs);
@@ -145,14 +157,7 @@ impl Engine {
         let registry = Registry::new();
         let store = Store::open(&config.store.url).await?;
 
-        let classes: Vec<ClassTopology> = config
-            .classes
-            .iter()
-            .map(|(name, c)| ClassTopology {
-                class: name.clone(),
-                retry_delays_ms: retry_delays_ms(c),
-            })
-            .collect();
+        let classes = class_topology(&config);
         let link = Arc::new(BrokerLink::default());
         let publisher = Publisher::new(
             link.clone(),

@@ -9,6 +9,7 @@
 //! - [`fakes`]: local fake Twilio and Resend servers for tests and `herald bench`.
 //! - [`store`]: the delivery store (SQLite or PostgreSQL): claims, outcomes, retention.
 //! - [`journal`]: the delivery store behind the actors' journal port.
+//! - [`bench`]: `herald bench`, the benchmark harness.
 //! - [`api`]: the admin API under `/api` (bearer token).
 //! - [`http`]: the one HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`engine`]: wires everything together and runs it.
@@ -19,6 +20,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod dlq;
 pub mod engine;

@@ -40,6 +40,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measures herald against a bare consumer on the same broker.
+    Bench(Box<herald::bench::BenchArgs>),
     /// Dead letters.
     Dlq {
         #[command(subcommand)]
@@ -145,6 +147,10 @@ fn main() -> anyhow::Result<()> {
             let cfg = load(config)?;
             actix_rt::System::new().block_on(status(cfg, id))
         }
+        Command::Bench(args) => actix_rt::System::new().block_on(async move {
+            herald::bench::run(*args).await?;
+            Ok(())
+        }),
         Command::Dlq { command, config } => {
             let cfg = load(config)?;
             actix_rt::System::new().block_on(dlq(cfg, command))

@@ -1,0 +1,597 @@
+//! `herald bench`: one command that measures herald against the bare-consumer
+//! baseline on the same broker, in the same run.
+//!
+//! It starts local fake providers (with the latency asked for), then:
+//! 1. **baseline** — publishes N messages to a plain queue and consumes them
+//!    with a bare lapin consumer: one HTTP POST to the fake per message, then
+//!    an ack (one per message, or `multiple` every 50);
+//! 2. **herald** — publishes N events across the classes (confirmed), starts
+//!    `herald run` as a child process on a bench config (limits set high, the
+//!    store chosen), and times until the fakes have accepted all N; it reads
+//!    the child's CPU seconds and peak RSS from /proc.
+//!
+//! Latency is publish (the event's own timestamp) to the provider request
+//! (the fake's receive time): p50, p99, max. `--rate` publishes at a steady
+//! pace while herald runs instead of building a backlog first.
+//! Everything happens in vhost `herald-bench` (created with `rabbitmqctl` when
+//! it can be), so a running herald is never disturbed.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::Serialize;
+
+use crate::config::SHIPPED_CONFIG;
+use crate::fakes::{FakeResend, FakeTwilio};
+
+const SID: &str = "AC00000000000000000000000000000000";
+const TOKEN: &str = "bench-token";
+const KEY: &str = "re_bench";
+const BASELINE_QUEUE: &str = "bench.baseline";
+
+/// What to measure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Events to send.
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+    /// Fake provider latency, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+    /// Classes to spread events over (comma-separated; default: all shipped).
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Delivery store: `sqlite` or `postgres` (a fresh database on the local server).
+    #[arg(long, default_value = "sqlite")]
+    pub store: String,
+    /// Publish at this many events per second while herald runs (default:
+    /// publish everything first, then start herald on the backlog).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Ack mode of the baseline: `each` or `multiple` (every 50).
+    #[arg(long, default_value = "multiple")]
+    pub ack: String,
+    /// Skip the baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Broker root URL (the bench uses vhost `herald-bench` on it).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672")]
+    pub broker: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub name: String,
+    pub events: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub events: usize,
+    pub provider_latency_ms: u64,
+    pub store: String,
+    pub ack_mode: String,
+    pub baseline: Option<Run>,
+    pub herald: Run,
+    /// herald's throughput over the baseline's.
+    pub ratio: Option<f64>,
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i])
+}
+
+/// Creates the bench vhost if `rabbitmqctl` is at hand (a remote broker
+/// needs it made beforehand).
+fn ensure_vhost() {
+    let run = |args: &[&str]| Command::new("rabbitmqctl").arg("-q").args(args).output();
+    let _ = run(&["add_vhost", "herald-bench"]);
+    let _ = run(&[
+        "set_permissions",
+        "-p",
+        "herald-bench",
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+}
+
+async fn connect(url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connecting to {}", crate::store::redact(url)))
+}
+
+/// A ~400-byte event whose text carries its publish time.
+fn event_body(i: usize, class_is_sms: bool) -> Vec<u8> {
+    let t = now_ms();
+    let mut to = serde_json::Map::new();
+    if class_is_sms {
+        to.insert("phone".into(), format!("+1555{:07}", i % 10_000_000).into());
+    }
+    to.insert("email".into(), format!("user{i}@example.com").into());
+    to.insert("name".into(), "Bench".into());
+    serde_json::to_vec(&serde_json::json!({
+        "id": format!("bench-{t}-{i}"),
+        "user_id": format!("user_{}", i % 1000),
+        "to": to,
+        "template": "Bench message {i} published at {t}; padding to make the event about four hundred bytes long like real ones are.",
+        "subject": "Bench {i}",
+        "data": {"i": i.to_string(), "t": t.to_string(), "pad": "x".repeat(60)},
+    }))
+    .expect("json")
+}
+
+/// Publishes with confirms, `rate` per second if given, all confirms awaited.
+async fn publish(
+    conn: &Connection,
+    targets: &[(String, bool)],
+    n: usize,
+    rate: Option<u64>,
+    to_queue: Option<&str>,
+) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(Default::default()).await?;
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(1024);
+    for i in 0..n {
+        let (class, sms) = &targets[i % targets.len()];
+        let body = event_body(i, *sms);
+        let (exchange, key) = match to_queue {
+            Some(q) => ("", q),
+            None => ("herald", class.as_str()),
+        };
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(5);
+        pending.push(
+            ch.basic_publish(
+                exchange.into(),
+                key.into(),
+                Default::default(),
+                &body,
+                props,
+            )
+            .await?,
+        );
+        if pending.len() >= 1000 {
+            for c in pending.drain(..) {
+                c.await?;
+            }
+        }
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64((i + 1) as f64 / r as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    for c in pending {
+        c.await?;
+    }
+    let _ = ch.close(200, "published".into()).await;
+    Ok(())
+}
+
+/// The bare consumer: POST per message, ack each or every 50.
+async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> anyhow::Result<Run> {
+    let conn = connect(vhost_url).await?;
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        BASELINE_QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_purge(BASELINE_QUEUE.into(), QueuePurgeOptions::default())
+        .await?;
+    publish(
+        &conn,
+        &[(String::new(), true)],
+        args.events,
+        None,
+        Some(BASELINE_QUEUE),
+    )
+    .await?;
+    let before = twilio.sent_count();
+    let prefetch: u16 = 500;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            BASELINE_QUEUE.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/2010-04-01/Accounts/{SID}/Messages.json",
+        twilio.base_url()
+    );
+    let multiple = args.ack == "multiple";
+    let start = Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut taken = 0usize;
+    let mut acked = 0usize;
+    let mut highest_done = Vec::new();
+    while acked < args.events {
+        tokio::select! {
+            Some(d) = consumer.next(), if taken < args.events => {
+                let d = d?;
+                taken += 1;
+                let http = http.clone();
+                let url = url.clone();
+                let tx = done_tx.clone();
+                let tag = d.delivery_tag;
+                tokio::spawn(async move {
+                    let _ = http
+                        .post(&url)
+                        .basic_auth(SID, Some(TOKEN))
+                        .form(&[("To", "+15550000000"), ("From", "+15005550006"), ("Body", "bench")])
+                        .send()
+                        .await;
+                    let _ = tx.send(tag);
+                });
+            }
+            Some(tag) = done_rx.recv() => {
+                highest_done.push(tag);
+                if !multiple {
+                    ch.basic_ack(tag, BasicAckOptions::default()).await?;
+                    acked += 1;
+                } else if highest_done.len() >= 50 || taken == args.events {
+                    // Ack the contiguous prefix with one multiple-ack.
+                    highest_done.sort_unstable();
+                    let mut upto = acked as u64;
+                    let mut used = 0;
+                    for t in &highest_done {
+                        if *t == upto + 1 {
+                            upto = *t;
+                            used += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    if used > 0 {
+                        ch.basic_ack(upto, BasicAckOptions { multiple: true }).await?;
+                        highest_done.drain(..used);
+                        acked = upto as usize;
+                    }
+                }
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "bench done".into()).await;
+    if twilio.sent_count() - before < args.events {
+        bail!("baseline: the fake accepted fewer requests than messages");
+    }
+    Ok(Run {
+        name: format!("bare consumer (ack {})", args.ack),
+        events: args.events,
+        seconds,
+        per_second: args.events as f64 / seconds,
+        latency_p50_ms: None,
+        latency_p99_ms: None,
+        latency_max_ms: None,
+        cpu_seconds: None,
+        peak_rss_mb: None,
+    })
+}
+
+fn bench_config(classes: &[String]) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for line in SHIPPED_CONFIG.lines() {
+        let t = line.trim_start();
+        if let Some(name) = t
+            .strip_prefix("[classes.")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            skip = !classes.iter().any(|c| c == name);
+        } else if t.starts_with('[') {
+            skip = false;
+        }
+        if skip {
+            continue;
+        }
+        let line = if t.starts_with("rate_limit = ") {
+            "rate_limit = { sms = 10000000, email = 10000000 }".to_owned()
+        } else if t.starts_with("max_concurrency = ") {
+            "max_concurrency = 512".to_owned()
+        } else if t.starts_with("rate_per_sec = ") {
+            "rate_per_sec = 1000000.0".to_owned()
+        } else if t.starts_with("prefetch = ") {
+            "prefetch = 500".to_owned()
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// CPU seconds (user + system) and peak RSS (MB) of a process, from /proc.
+fn proc_usage(pid: u32) -> (Option<f64>, Option<f64>) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        });
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        });
+    (cpu, rss)
+}
+
+async fn herald_run(
+    args: &BenchArgs,
+    vhost_url: &str,
+    twilio: &FakeTwilio,
+    resend: &FakeResend,
+) -> anyhow::Result<Run> {
+    let dir = tempfile_dir()?;
+    let shipped = crate::config::Config::from_toml_str(SHIPPED_CONFIG, &|_| None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let classes: Vec<String> = match &args.classes {
+        Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => shipped.classes.keys().cloned().collect(),
+    };
+    let targets: Vec<(String, bool)> = classes
+        .iter()
+        .map(|c| {
+            let cfg = shipped
+                .classes
+                .get(c)
+                .with_context(|| format!("no class {c}"))?;
+            Ok((
+                c.clone(),
+                cfg.channel() == herald_actors::model::Channel::Sms,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let config_path = dir.join("bench.toml");
+    let config_text = bench_config(&classes);
+    std::fs::write(&config_path, &config_text)?;
+    let config = crate::config::Config::from_toml_str(&config_text, &|_| None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store_url = match args.store.as_str() {
+        "sqlite" => format!("sqlite://{}/bench.db", dir.display()),
+        "postgres" => {
+            let db = format!("herald_bench_{}", rand::random::<u32>());
+            let ok = Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-c",
+                    &format!("CREATE DATABASE {db}"),
+                ])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !ok {
+                bail!("could not create a PostgreSQL database (psql -h 127.0.0.1 -U postgres)");
+            }
+            format!("postgres://postgres@127.0.0.1:5432/{db}")
+        }
+        other => bail!("--store must be sqlite or postgres, not {other:?}"),
+    };
+    // Declare the topology (the backlog is published before herald starts)
+    // and purge what an earlier bench may have left.
+    let conn = connect(vhost_url).await?;
+    let ch = conn.create_channel().await?;
+    crate::amqp::topology::declare(&ch, &crate::engine::class_topology(&config)).await?;
+    for (c, _) in &targets {
+        let _ = ch
+            .queue_purge(
+                format!("herald.{c}").as_str().into(),
+                QueuePurgeOptions::default(),
+            )
+            .await;
+    }
+    let _ = ch.close(200, "purged".into()).await;
+    let sent_before = twilio.sent_count() + resend.sent_count();
+    twilio.set_record_requests(true);
+    resend.set_record_requests(true);
+    let mark = SystemTime::now();
+    if args.rate.is_none() {
+        publish(&conn, &targets, args.events, None, None).await?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .current_dir(&dir)
+        .env("HERALD_AMQP_URL", vhost_url)
+        .env("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_PROVIDER_MODE", "live")
+        .env("HERALD_STORE_URL", &store_url)
+        .env("TWILIO_ACCOUNT_SID", SID)
+        .env("TWILIO_AUTH_TOKEN", TOKEN)
+        .env("TWILIO_PHONE_NUMBER", "+15005550006")
+        .env("TWILIO_BASE_URL", twilio.base_url())
+        .env("RESEND_API_KEY", KEY)
+        .env("RESEND_FROM", "Bench <bench@example.com>")
+        .env("RESEND_BASE_URL", resend.base_url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let start = Instant::now();
+    let publisher = args.rate.map(|r| {
+        let targets = targets.clone();
+        let n = args.events;
+        tokio::spawn(async move { publish(&conn, &targets, n, Some(r), None).await })
+    });
+    let deadline = start + Duration::from_secs(1800);
+    while twilio.sent_count() + resend.sent_count() - sent_before < args.events {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("herald did not send all events in 30 minutes");
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("herald exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (cpu_seconds, peak_rss_mb) = proc_usage(child.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    if let Some(p) = publisher {
+        p.await??;
+    }
+    // Publish-to-provider latency, from the events' own timestamps.
+    let mut lat: Vec<f64> = twilio
+        .requests()
+        .into_iter()
+        .chain(resend.requests())
+        .filter(|r| r.received_at >= mark)
+        .filter_map(|r| {
+            let text = r
+                .form_value("Body")
+                .map(str::to_owned)
+                .or_else(|| r.json()?.get("text")?.as_str().map(str::to_owned))?;
+            let t: u128 = text
+                .split("published at ")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .parse()
+                .ok()?;
+            let got = r.received_at.duration_since(UNIX_EPOCH).ok()?.as_millis();
+            Some(got.saturating_sub(t) as f64)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    twilio.set_record_requests(false);
+    resend.set_record_requests(false);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run {
+        name: format!("herald ({} store)", args.store),
+        events: args.events,
+        seconds,
+        per_second: args.events as f64 / seconds,
+        latency_p50_ms: percentile(&lat, 0.5),
+        latency_p99_ms: percentile(&lat, 0.99),
+        latency_max_ms: lat.last().copied(),
+        cpu_seconds,
+        peak_rss_mb,
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("herald-bench-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// Runs the benchmark and prints a table (and JSON if asked).
+pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
+    ensure_vhost();
+    let vhost_url = format!("{}/herald-bench", args.broker.trim_end_matches('/'));
+    let twilio = FakeTwilio::start(SID, TOKEN)?;
+    let resend = FakeResend::start(KEY)?;
+    twilio.set_latency(Duration::from_millis(args.latency_ms));
+    resend.set_latency(Duration::from_millis(args.latency_ms));
+    twilio.set_record_requests(false);
+    resend.set_record_requests(false);
+    let base = if args.no_baseline {
+        None
+    } else {
+        Some(baseline(&args, &vhost_url, &twilio).await?)
+    };
+    let herald = herald_run(&args, &vhost_url, &twilio, &resend).await?;
+    let ratio = base.as_ref().map(|b| herald.per_second / b.per_second);
+    let results = Results {
+        events: args.events,
+        provider_latency_ms: args.latency_ms,
+        store: args.store.clone(),
+        ack_mode: args.ack.clone(),
+        baseline: base,
+        herald,
+        ratio,
+    };
+    println!(
+        "{:<28} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run", "events", "seconds", "msg/s", "p50 ms", "p99 ms", "max ms", "cpu s", "rss MB"
+    );
+    for r in results
+        .baseline
+        .iter()
+        .chain(std::iter::once(&results.herald))
+    {
+        println!(
+            "{:<28} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            r.name,
+            r.events,
+            r.seconds,
+            r.per_second,
+            fmt_opt(r.latency_p50_ms, 1),
+            fmt_opt(r.latency_p99_ms, 1),
+            fmt_opt(r.latency_max_ms, 1),
+            fmt_opt(r.cpu_seconds, 2),
+            fmt_opt(r.peak_rss_mb, 1)
+        );
+    }
+    if let Some(r) = results.ratio {
+        println!("herald / baseline: {r:.2}");
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    Ok(results)
+}
