@@ -179,3 +179,44 @@ fn run_with_no_environment_records_published_events_as_sent() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The benchmark harness runs end to end and reports what it measured (no
+/// figure is asserted: timing belongs to `herald bench`, not to tests).
+#[test]
+fn bench_runs_and_reports_both_runs_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = herald()
+        .args([
+            "bench",
+            "--events",
+            "300",
+            "--latency-ms",
+            "0",
+            "--classes",
+            "weekly_checkin,monthly_report",
+            "--json",
+        ])
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("bare consumer") && table.contains("herald (sqlite store)"),
+        "{table}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["herald"]["events"], 300);
+    assert_eq!(r["baseline"]["events"], 300);
+    assert!(r["herald"]["per_second"].as_f64().unwrap() > 0.0);
+    assert!(r["ratio"].as_f64().unwrap() > 0.0);
+    assert!(r["herald"]["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert!(r["herald"]["latency_p99_ms"].as_f64().is_some());
+}
