@@ -312,7 +312,11 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
     })
 }
 
-fn bench_config(classes: &[String]) -> String {
+/// The shipped config with some keys rewritten: each line whose key starts
+/// with an override's prefix is replaced by the override's text; with
+/// `classes`, only those classes are kept. For benchmarks and tests that need
+/// the real config with other numbers.
+pub fn rewrite_config(classes: Option<&[String]>, overrides: &[(&str, &str)]) -> String {
     let mut out = String::new();
     let mut skip = false;
     for line in SHIPPED_CONFIG.lines() {
@@ -321,28 +325,35 @@ fn bench_config(classes: &[String]) -> String {
             .strip_prefix("[classes.")
             .and_then(|r| r.strip_suffix(']'))
         {
-            skip = !classes.iter().any(|c| c == name);
+            skip = classes.is_some_and(|keep| !keep.iter().any(|c| c == name));
         } else if t.starts_with('[') {
             skip = false;
         }
         if skip {
             continue;
         }
-        let line = if t.starts_with("rate_limit = ") {
-            "rate_limit = { sms = 10000000, email = 10000000 }".to_owned()
-        } else if t.starts_with("max_concurrency = ") {
-            "max_concurrency = 512".to_owned()
-        } else if t.starts_with("rate_per_sec = ") {
-            "rate_per_sec = 1000000.0".to_owned()
-        } else if t.starts_with("prefetch = ") {
-            "prefetch = 500".to_owned()
-        } else {
-            line.to_owned()
-        };
-        out.push_str(&line);
+        match overrides.iter().find(|(prefix, _)| t.starts_with(prefix)) {
+            Some((_, text)) => out.push_str(text),
+            None => out.push_str(line),
+        }
         out.push('\n');
     }
     out
+}
+
+fn bench_config(classes: &[String]) -> String {
+    rewrite_config(
+        Some(classes),
+        &[
+            (
+                "rate_limit = ",
+                "rate_limit = { sms = 10000000, email = 10000000 }",
+            ),
+            ("max_concurrency = ", "max_concurrency = 512"),
+            ("rate_per_sec = ", "rate_per_sec = 1000000.0"),
+            ("prefetch = ", "prefetch = 500"),
+        ],
+    )
 }
 
 /// CPU seconds (user + system) and peak RSS (MB) of a process, from /proc.

@@ -32,32 +32,25 @@ fn full() -> bool {
 /// The shipped config, made fast for tests: high rates, short retry delays,
 /// more retries, quick supervision.
 fn test_config() -> String {
-    let mut out = String::new();
-    for line in herald::config::SHIPPED_CONFIG.lines() {
-        let t = line.trim_start();
-        let line = if t.starts_with("rate_limit = ") {
-            "rate_limit = { sms = 60000, email = 60000 }".to_owned()
-        } else if t.starts_with("base_delay_secs") {
-            "base_delay_secs = 0.3\nmax_delay_secs = 1.0".to_owned()
-        } else if t.starts_with("retries = ") {
-            "retries = 6".to_owned()
-        } else if t.starts_with("max_concurrency = ") {
-            "max_concurrency = 32".to_owned()
-        } else if t.starts_with("rate_per_sec = ") {
-            "rate_per_sec = 5000.0".to_owned()
-        } else if t.starts_with("heartbeat_ms = ") {
-            "heartbeat_ms = 100".to_owned()
-        } else if t.starts_with("shutdown_grace_secs = ") {
-            "shutdown_grace_secs = 10".to_owned()
-        } else if t.starts_with("heartbeat_secs = ") {
-            "heartbeat_secs = 5".to_owned()
-        } else {
-            line.to_owned()
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
+    herald::bench::rewrite_config(
+        None,
+        &[
+            (
+                "rate_limit = ",
+                "rate_limit = { sms = 60000, email = 60000 }",
+            ),
+            (
+                "base_delay_secs",
+                "base_delay_secs = 0.3\nmax_delay_secs = 1.0",
+            ),
+            ("retries = ", "retries = 6"),
+            ("max_concurrency = ", "max_concurrency = 32"),
+            ("rate_per_sec = ", "rate_per_sec = 5000.0"),
+            ("heartbeat_ms = ", "heartbeat_ms = 100"),
+            ("shutdown_grace_secs = ", "shutdown_grace_secs = 10"),
+            ("heartbeat_secs = ", "heartbeat_secs = 5"),
+        ],
+    )
 }
 
 /// One `herald run` child process.
