@@ -7,7 +7,7 @@
 //! The hot path, [`claim`](sqlite::claim) and [`record`](sqlite::record),
 //! writes a batch in one transaction with multi-row statements: the first
 //! occurrence of each event in the batch goes in chunks of up to
-//! [`MAX_CHUNK`](crate::store::sql::MAX_CHUNK) rows; what the bulk statements do not settle (events
+//! a backend's chunk size (`sql::SQLITE_MAX_CHUNK`, `sql::POSTGRES_MAX_CHUNK`) rows; what the bulk statements do not settle (events
 //! already stored, an event repeated in the batch) falls to the per-event
 //! path, in batch order, so a later entry sees an earlier one's effect.
 
@@ -62,7 +62,7 @@ impl<'a> Written<'a> {
 pub(crate) const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
 
 macro_rules! backend {
-    ($module:ident, $db:ty, $dialect:path) => {
+    ($module:ident, $db:ty, $dialect:path, $max_chunk:path) => {
         /// The operations on this backend's pool.
         pub(crate) mod $module {
             use std::collections::HashSet;
@@ -127,7 +127,7 @@ macro_rules! backend {
             ) -> Result<HashSet<&'c str>, StoreError> {
                 let mut fresh = HashSet::with_capacity(claims.len());
                 let mut rest = claims;
-                for size in sql::chunk_sizes(claims.len()) {
+                for size in sql::chunk_sizes(claims.len(), $max_chunk) {
                     let (chunk, tail) = rest.split_at(size);
                     rest = tail;
                     let text = sql::CLAIM_INSERT_MANY.text(size);
@@ -164,7 +164,7 @@ macro_rules! backend {
                 seq: i64,
             ) -> Result<(), StoreError> {
                 let mut rest = claims;
-                for size in sql::chunk_sizes(claims.len()) {
+                for size in sql::chunk_sizes(claims.len(), $max_chunk) {
                     let (chunk, tail) = rest.split_at(size);
                     rest = tail;
                     let text = sql::INSERT_ATTEMPTS_MANY.text(size);
@@ -273,7 +273,7 @@ macro_rules! backend {
             /// Closes the open attempt each record names (one per event).
             async fn close_attempts(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
                 let mut rest = records;
-                for size in sql::chunk_sizes(records.len()) {
+                for size in sql::chunk_sizes(records.len(), $max_chunk) {
                     let (chunk, tail) = rest.split_at(size);
                     rest = tail;
                     let text = sql::CLOSE_ATTEMPTS_MANY.text(size);
@@ -302,7 +302,7 @@ macro_rules! backend {
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
                 let mut rest = records;
-                for size in sql::chunk_sizes(records.len()) {
+                for size in sql::chunk_sizes(records.len(), $max_chunk) {
                     let (chunk, tail) = rest.split_at(size);
                     rest = tail;
                     let text = sql::RECORD_SENT_MANY.text(size);
@@ -332,7 +332,7 @@ macro_rules! backend {
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
                 let mut rest = records;
-                for size in sql::chunk_sizes(records.len()) {
+                for size in sql::chunk_sizes(records.len(), $max_chunk) {
                     let (chunk, tail) = rest.split_at(size);
                     rest = tail;
                     let text = sql::RECORD_OTHER_MANY.text(size);
@@ -472,5 +472,10 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite, sql::SQLITE);
-backend!(postgres, sqlx::Postgres, sql::POSTGRES);
+backend!(sqlite, sqlx::Sqlite, sql::SQLITE, sql::SQLITE_MAX_CHUNK);
+backend!(
+    postgres,
+    sqlx::Postgres,
+    sql::POSTGRES,
+    sql::POSTGRES_MAX_CHUNK
+);

@@ -148,9 +148,16 @@ FROM (VALUES ",
 AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') RETURNING messages.event_id",
 };
 
-/// The largest chunk of one multi-row statement (8 values a row stays far
-/// below both backends' parameter limits).
-pub(crate) const MAX_CHUNK: usize = 128;
+/// The largest chunk of one multi-row statement on SQLite. Measured with
+/// `herald bench` (50,000 events): 128 rows gave ~5,900 msg/s, 32 ~6,700,
+/// 16 ~7,200, 8 ~6,600. sqlx looks up every parameter's name on SQLite, a
+/// cost that grows with the square of the parameters per statement, while
+/// smaller chunks mean more statements.
+pub(crate) const SQLITE_MAX_CHUNK: usize = 16;
+
+/// The largest chunk on PostgreSQL, which has no such cost: fewer, larger
+/// statements win (16 rows measured ~20% slower than 128).
+pub(crate) const POSTGRES_MAX_CHUNK: usize = 128;
 
 /// A statement over a variable number of rows.
 #[derive(Debug)]
@@ -200,16 +207,16 @@ fn expand(template: &str, offset: usize, out: &mut String) {
     }
 }
 
-/// Splits `n` rows into chunk sizes from a small fixed set ([`MAX_CHUNK`]
-/// and the powers of two below it), so each backend connection caches a
-/// handful of prepared statements rather than one per batch size.
-pub(crate) fn chunk_sizes(mut n: usize) -> Vec<usize> {
+/// Splits `n` rows into chunk sizes from a small fixed set (`max`, a power
+/// of two, and the powers of two below it), so each backend connection
+/// caches a handful of prepared statements rather than one per batch size.
+pub(crate) fn chunk_sizes(mut n: usize, max: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
-    while n >= MAX_CHUNK {
-        sizes.push(MAX_CHUNK);
-        n -= MAX_CHUNK;
+    while n >= max {
+        sizes.push(max);
+        n -= max;
     }
-    let mut size = MAX_CHUNK / 2;
+    let mut size = max / 2;
     while size > 0 {
         if n >= size {
             sizes.push(size);
@@ -241,13 +248,17 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_batch_with_few_sizes() {
-        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
-        assert_eq!(chunk_sizes(1), [1]);
-        assert_eq!(chunk_sizes(500), [128, 128, 128, 64, 32, 16, 4]);
-        for n in 0..1_000 {
-            let sizes = chunk_sizes(n);
-            assert_eq!(sizes.iter().sum::<usize>(), n);
-            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_CHUNK));
+        assert_eq!(chunk_sizes(0, 128), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(1, 128), [1]);
+        assert_eq!(chunk_sizes(500, 128), [128, 128, 128, 64, 32, 16, 4]);
+        assert_eq!(chunk_sizes(53, 16), [16, 16, 16, 4, 1]);
+        for max in [SQLITE_MAX_CHUNK, POSTGRES_MAX_CHUNK] {
+            assert!(max.is_power_of_two());
+            for n in 0..1_000 {
+                let sizes = chunk_sizes(n, max);
+                assert_eq!(sizes.iter().sum::<usize>(), n);
+                assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= max));
+            }
         }
     }
 }
