@@ -126,10 +126,8 @@ macro_rules! backend {
                 claims: &[&'c Claim],
             ) -> Result<HashSet<&'c str>, StoreError> {
                 let mut fresh = HashSet::with_capacity(claims.len());
-                let mut rest = claims;
-                for size in sql::chunk_sizes(claims.len(), $max_chunk) {
-                    let (chunk, tail) = rest.split_at(size);
-                    rest = tail;
+                for chunk in sql::chunks(claims, $max_chunk) {
+                    let size = chunk.len();
                     let text = sql::CLAIM_INSERT_MANY.text(size);
                     let mut query = sqlx::query(&text);
                     for c in chunk {
@@ -163,10 +161,8 @@ macro_rules! backend {
                 claims: &[&Claim],
                 seq: i64,
             ) -> Result<(), StoreError> {
-                let mut rest = claims;
-                for size in sql::chunk_sizes(claims.len(), $max_chunk) {
-                    let (chunk, tail) = rest.split_at(size);
-                    rest = tail;
+                for chunk in sql::chunks(claims, $max_chunk) {
+                    let size = chunk.len();
                     let text = sql::INSERT_ATTEMPTS_MANY.text(size);
                     let mut query = sqlx::query(&text);
                     for c in chunk {
@@ -272,10 +268,8 @@ macro_rules! backend {
 
             /// Closes the open attempt each record names (one per event).
             async fn close_attempts(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
-                let mut rest = records;
-                for size in sql::chunk_sizes(records.len(), $max_chunk) {
-                    let (chunk, tail) = rest.split_at(size);
-                    rest = tail;
+                for chunk in sql::chunks(records, $max_chunk) {
+                    let size = chunk.len();
                     let text = sql::CLOSE_ATTEMPTS_MANY.text(size);
                     let mut query = sqlx::query(&text);
                     for r in chunk {
@@ -301,10 +295,8 @@ macro_rules! backend {
                 records: &[&Record],
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
-                let mut rest = records;
-                for size in sql::chunk_sizes(records.len(), $max_chunk) {
-                    let (chunk, tail) = rest.split_at(size);
-                    rest = tail;
+                for chunk in sql::chunks(records, $max_chunk) {
+                    let size = chunk.len();
                     let text = sql::RECORD_SENT_MANY.text(size);
                     let mut query = sqlx::query(&text);
                     for r in chunk {
@@ -331,10 +323,8 @@ macro_rules! backend {
                 records: &[&Record],
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
-                let mut rest = records;
-                for size in sql::chunk_sizes(records.len(), $max_chunk) {
-                    let (chunk, tail) = rest.split_at(size);
-                    rest = tail;
+                for chunk in sql::chunks(records, $max_chunk) {
+                    let size = chunk.len();
                     let text = sql::RECORD_OTHER_MANY.text(size);
                     let mut query = sqlx::query(&text);
                     for r in chunk {

@@ -227,6 +227,16 @@ pub(crate) fn chunk_sizes(mut n: usize, max: usize) -> Vec<usize> {
     sizes
 }
 
+/// `items` cut into the chunks of [`chunk_sizes`], in order.
+pub(crate) fn chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    chunk_sizes(items.len(), max).into_iter().map(move |size| {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        chunk
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +262,13 @@ mod tests {
         assert_eq!(chunk_sizes(1, 128), [1]);
         assert_eq!(chunk_sizes(500, 128), [128, 128, 128, 64, 32, 16, 4]);
         assert_eq!(chunk_sizes(53, 16), [16, 16, 16, 4, 1]);
+        let items: Vec<usize> = (0..53).collect();
+        let cut: Vec<&[usize]> = chunks(&items, 16).collect();
+        assert_eq!(
+            cut.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [16, 16, 16, 4, 1]
+        );
+        assert_eq!(cut.concat(), items);
         for max in [SQLITE_MAX_CHUNK, POSTGRES_MAX_CHUNK] {
             assert!(max.is_power_of_two());
             for n in 0..1_000 {
