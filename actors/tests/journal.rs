@@ -92,6 +92,12 @@ fn with_journal(log: &Arc<MemoryLog>) -> World {
     )
 }
 
+/// Waits until the journal and the class sender are running.
+async fn ready(w: &World) {
+    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
+        .await;
+}
+
 fn deliver(w: &World, id: &str, tx: &mpsc::UnboundedSender<Disposition>) {
     w.registry
         .sender(Channel::Sms, "c")
@@ -113,8 +119,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Disposition>) -> Disposition {
 async fn a_send_is_recorded_before_its_delivery_is_acked_and_never_repeated() {
     let log = Arc::new(MemoryLog::default());
     let w = with_journal(&log);
-    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
-        .await;
+    ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     deliver(&w, "e1", &tx);
     assert_eq!(next(&mut rx).await, Disposition::Ack);
@@ -143,8 +148,7 @@ async fn an_unfinished_claim_is_counted_as_an_unknown_outcome_and_sent_again() {
         .unwrap()
         .insert("crashed".into(), "sending");
     let w = with_journal(&log);
-    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
-        .await;
+    ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     deliver(&w, "crashed", &tx);
     assert_eq!(next(&mut rx).await, Disposition::Ack);
@@ -163,8 +167,7 @@ async fn an_unfinished_claim_is_counted_as_an_unknown_outcome_and_sent_again() {
 async fn a_failing_store_holds_deliveries_until_it_answers_again() {
     let log = Arc::new(MemoryLog::default());
     let w = with_journal(&log);
-    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
-        .await;
+    ready(&w).await;
     log.down.store(true, Ordering::SeqCst);
     let (tx, mut rx) = mpsc::unbounded_channel();
     for i in 0..20 {
@@ -193,8 +196,7 @@ async fn a_failing_store_holds_deliveries_until_it_answers_again() {
 async fn a_journal_that_dies_returns_what_it_held() {
     let log = Arc::new(MemoryLog::default());
     let w = with_journal(&log);
-    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
-        .await;
+    ready(&w).await;
     log.down.store(true, Ordering::SeqCst);
     let (tx, mut rx) = mpsc::unbounded_channel();
     for i in 0..5 {
@@ -225,8 +227,7 @@ async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
         8,
         Some(Arc::new(Log(log.clone()))),
     );
-    wait_for(|| w.registry.journal().is_some() && w.registry.sender(Channel::Sms, "c").is_some())
-        .await;
+    ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     deliver(&w, "twin", &tx);
     deliver(&w, "twin", &tx);
