@@ -1,7 +1,8 @@
 //! `herald dlq list` and `herald dlq replay`: reading and replaying dead
 //! letters. Listing takes messages without acking and closes the channel, so
-//! every one returns to the queue; replaying republishes a dead letter to
-//! `herald` under its class (confirmed) before acking it.
+//! every one returns to the queue; replaying releases the event in the
+//! delivery store, then republishes it to `herald` under its class
+//! (confirmed) before acking it.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 use crate::amqp::publisher::{headers, Publisher};
 use crate::amqp::topology::DLQ;
 use crate::amqp::{header_str, header_u64};
+use crate::store::Store;
 
 /// One dead letter, as shown to an operator (addresses masked).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -89,9 +91,14 @@ pub async fn list(conn: &Connection) -> lapin::Result<Vec<Letter>> {
 
 /// Republishes dead letters (of `class`, or all) to `herald` under their
 /// class; returns how many. Letters of other classes stay in the queue.
+///
+/// The event's record in the delivery store is released first (a
+/// `dead_lettered` event becomes claimable again); without that, the journal
+/// would find it final and ack the replay without sending it.
 pub async fn replay(
     conn: &Arc<Connection>,
     publisher: &Publisher,
+    store: &Store,
     class: Option<&str>,
 ) -> Result<usize, String> {
     let n = depth(conn).await.map_err(|e| e.to_string())?;
@@ -116,6 +123,12 @@ pub async fn replay(
             .event_id
             .unwrap_or_default();
         let priority = d.properties.priority().unwrap_or(0);
+        if !id.is_empty() {
+            store
+                .release(&id, crate::store::now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         publisher
             .publish_event(&letter_class, &id, &d.data, priority)
             .await

@@ -240,9 +240,13 @@ async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {
         }
         DlqCommand::Replay { class } => {
             let publisher = Publisher::open(conn.clone()).await?;
-            let n = herald::dlq::replay(&conn, &publisher, class.as_deref())
+            let store = herald::store::Store::open(&cfg.store.url)
+                .await
+                .context("opening the delivery store")?;
+            let n = herald::dlq::replay(&conn, &publisher, &store, class.as_deref())
                 .await
                 .map_err(anyhow::Error::msg)?;
+            store.close().await;
             println!("replayed {n}");
         }
     }

@@ -246,3 +246,65 @@ async fn status_shows_a_delivered_sms_a_fallback_email_and_a_dead_letter_on_post
     w.config.store.url = db.url();
     status_shows_sent_fallback_and_dead_letter(w).await;
 }
+
+#[actix_rt::test]
+async fn a_replayed_dead_letter_is_sent() {
+    let w = World::new();
+    w.twilio.script_for(
+        "+15551230040",
+        vec![
+            FakeResponse::Status(503),
+            FakeResponse::Status(503),
+            FakeResponse::Status(503),
+        ],
+    );
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-replay", Some("+15551230040"), None),
+    )
+    .await;
+    let store = engine.store.clone();
+    for _ in 0..300 {
+        let v = store.message("evt-replay").await.unwrap();
+        if v.is_some_and(|v| v.status.as_str() == "dead_lettered") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.twilio.sent_count(), 0);
+    // The provider works again; the operator replays the class's dead letters.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["dlq", "replay", "--class", "weekly_checkin"])
+        .env("HERALD_AMQP_URL", w.vhost.url())
+        .env("HERALD_STORE_URL", &w.config.store.url)
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "replayed 1");
+    eventually(20, || w.twilio.sent_count() == 1).await;
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = store
+            .message("evt-replay")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str()
+            .to_owned();
+        if status == "sent" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "sent");
+    engine.stop(Duration::from_secs(5)).await;
+}
