@@ -9,7 +9,9 @@ use futures_util::future::Either;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::store::Store;
+use herald_actors::model::{suppression_address, Channel};
+
+use crate::store::{Store, SuppressionAction, SuppressionChange};
 
 /// What the API routes need.
 #[derive(Clone)]
@@ -85,6 +87,117 @@ async fn user_cost(
     }
 }
 
+/// `DELETE /api/users/{id}`: GDPR erasure.
+async fn erase_user(state: web::Data<ApiState>, user: web::Path<String>) -> HttpResponse {
+    match state.store.erase_user(&user).await {
+        Ok((messages, scheduled)) => {
+            tracing::info!(messages, scheduled, "erased a user's personal data");
+            HttpResponse::Ok().json(serde_json::json!({
+                "messages_anonymised": messages,
+                "scheduled_deleted": scheduled,
+            }))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    /// At most this many entries (default 1,000).
+    limit: Option<u32>,
+}
+
+async fn suppressions(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> HttpResponse {
+    match state.store.suppressions(q.limit.unwrap_or(1000)).await {
+        Ok(list) => HttpResponse::Ok().json(list),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `POST /api/suppressions` and `DELETE /api/suppressions` body.
+#[derive(Deserialize)]
+struct SuppressionBody {
+    channel: String,
+    address: String,
+    /// Why, for the audit log.
+    reason: Option<String>,
+    /// Who, for the audit log (default `admin`).
+    actor: Option<String>,
+}
+
+async fn change_suppression(
+    state: &ApiState,
+    body: SuppressionBody,
+    action: SuppressionAction,
+) -> HttpResponse {
+    let channel = match body.channel.as_str() {
+        "sms" => Channel::Sms,
+        "email" => Channel::Email,
+        _ => {
+            return HttpResponse::BadRequest()
+                .json(serde_json::json!({"error": "channel must be sms or email"}))
+        }
+    };
+    let valid = match channel {
+        Channel::Sms => crate::event::is_e164(body.address.trim()),
+        Channel::Email => body.address.contains('@'),
+    };
+    if !valid {
+        return HttpResponse::BadRequest()
+            .json(serde_json::json!({"error": "address is not a phone number (E.164) or email address for the channel"}));
+    }
+    let change = SuppressionChange {
+        address: suppression_address(channel, &body.address),
+        channel: channel.as_str(),
+        action,
+        actor: body.actor.unwrap_or_else(|| "admin".to_owned()),
+        source: "api".to_owned(),
+        reason: body.reason,
+        now_ms: crate::store::now_ms(),
+    };
+    match state.store.change_suppressions(&[change]).await {
+        Ok(changed) => HttpResponse::Ok()
+            .json(serde_json::json!({"changed": changed.first().copied().unwrap_or(false)})),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn add_suppression(
+    state: web::Data<ApiState>,
+    body: web::Json<SuppressionBody>,
+) -> HttpResponse {
+    change_suppression(&state, body.into_inner(), SuppressionAction::Suppress).await
+}
+
+async fn remove_suppression(
+    state: web::Data<ApiState>,
+    body: web::Json<SuppressionBody>,
+) -> HttpResponse {
+    change_suppression(&state, body.into_inner(), SuppressionAction::Allow).await
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    address: String,
+    channel: String,
+}
+
+async fn audit(state: web::Data<ApiState>, q: web::Query<AuditQuery>) -> HttpResponse {
+    let channel = if q.channel == "sms" {
+        Channel::Sms
+    } else {
+        Channel::Email
+    };
+    match state
+        .store
+        .audit(&suppression_address(channel, &q.address))
+        .await
+    {
+        Ok(log) => HttpResponse::Ok().json(log),
+        Err(e) => store_error(e),
+    }
+}
+
 /// Mounts the `/api` scope.
 pub fn configure(cfg: &mut web::ServiceConfig, state: ApiState) {
     let token = state.token.clone();
@@ -101,6 +214,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ApiState) {
                 }
             })
             .route("/messages/{id}", web::get().to(message))
-            .route("/users/{id}/cost", web::get().to(user_cost)),
+            .route("/users/{id}/cost", web::get().to(user_cost))
+            .route("/users/{id}", web::delete().to(erase_user))
+            .route("/suppressions", web::get().to(suppressions))
+            .route("/suppressions", web::post().to(add_suppression))
+            .route("/suppressions", web::delete().to(remove_suppression))
+            .route("/suppressions/audit", web::get().to(audit)),
     );
 }

@@ -16,7 +16,7 @@
 //! Everything happens in vhost `herald-bench` (created with `rabbitmqctl` when
 //! it can be), so a running herald is never disturbed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,11 +30,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde::Serialize;
 
 use crate::config::SHIPPED_CONFIG;
-use crate::fakes::{FakeResend, FakeTwilio};
+use crate::fakes::{
+    FakeResend, FakeTwilio, RESEND_KEY as KEY, TWILIO_SID as SID, TWILIO_TOKEN as TOKEN,
+};
 
-const SID: &str = "AC00000000000000000000000000000000";
-const TOKEN: &str = "bench-token";
-const KEY: &str = "re_bench";
 const BASELINE_QUEUE: &str = "bench.baseline";
 
 /// What to measure.
@@ -59,6 +58,11 @@ pub struct BenchArgs {
     /// Ack mode of the baseline: `each` or `multiple` (every 50).
     #[arg(long, default_value = "multiple")]
     pub ack: String,
+    /// herald's prefetch per class queue (`amqp.prefetch`): the deliveries
+    /// each class may hold at once, which bounds herald's memory (default:
+    /// the shipped config's).
+    #[arg(long)]
+    pub prefetch: Option<u16>,
     /// Skip the baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -341,19 +345,21 @@ pub fn rewrite_config(classes: Option<&[String]>, overrides: &[(&str, &str)]) ->
     out
 }
 
-fn bench_config(classes: &[String]) -> String {
-    rewrite_config(
-        Some(classes),
-        &[
-            (
-                "rate_limit = ",
-                "rate_limit = { sms = 10000000, email = 10000000 }",
-            ),
-            ("max_concurrency = ", "max_concurrency = 512"),
-            ("rate_per_sec = ", "rate_per_sec = 1000000.0"),
-            ("prefetch = ", "prefetch = 500"),
-        ],
-    )
+fn bench_config(classes: &[String], prefetch: Option<u16>) -> String {
+    let prefetch = prefetch.map(|p| ("prefetch = ", format!("prefetch = {p}")));
+    let mut overrides = vec![
+        (
+            "rate_limit = ",
+            "rate_limit = { sms = 10000000, email = 10000000 }".to_owned(),
+        ),
+        ("max_concurrency = ", "max_concurrency = 512".to_owned()),
+        ("rate_per_sec = ", "rate_per_sec = 1000000.0".to_owned()),
+        // The time of day must not decide what a benchmark measures.
+        ("enabled = true", "enabled = false".to_owned()),
+    ];
+    overrides.extend(prefetch);
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    rewrite_config(Some(classes), &overrides)
 }
 
 /// CPU seconds (user + system) and peak RSS (MB) of a process, from /proc.
@@ -405,7 +411,7 @@ async fn herald_run(
         })
         .collect::<anyhow::Result<_>>()?;
     let config_path = dir.join("bench.toml");
-    let config_text = bench_config(&classes);
+    let config_text = bench_config(&classes, args.prefetch);
     std::fs::write(&config_path, &config_text)?;
     let config = crate::config::Config::from_toml_str(&config_text, &|_| None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -456,26 +462,25 @@ async fn herald_run(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .current_dir(&dir)
-        .env("HERALD_AMQP_URL", vhost_url)
-        .env("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("HERALD_PROVIDER_MODE", "live")
-        .env("HERALD_STORE_URL", &store_url)
-        .env("TWILIO_ACCOUNT_SID", SID)
-        .env("TWILIO_AUTH_TOKEN", TOKEN)
-        .env("TWILIO_PHONE_NUMBER", "+15005550006")
-        .env("TWILIO_BASE_URL", twilio.base_url())
-        .env("RESEND_API_KEY", KEY)
-        .env("RESEND_FROM", "Bench <bench@example.com>")
-        .env("RESEND_BASE_URL", resend.base_url())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = HeraldChild {
+        exe: &std::env::current_exe()?,
+        config: &config_path,
+        dir: &dir,
+        amqp_url: vhost_url,
+        addr: &addr,
+        store_url: &store_url,
+        twilio,
+        resend,
+    }
+    .command()
+    .stderr(Stdio::inherit())
+    .spawn()?;
     let start = Instant::now();
+    if args.rate.is_some() {
+        // A steady load measures herald running, not herald starting.
+        wait_ready(&addr, &mut child).await?;
+    }
     let publisher = args.rate.map(|r| {
         let targets = targets.clone();
         let n = args.events;
@@ -538,6 +543,69 @@ async fn herald_run(
         cpu_seconds,
         peak_rss_mb,
     })
+}
+
+/// A `herald run` child that sends live to the fake providers: for the
+/// bench and the tests that run herald as a process.
+pub struct HeraldChild<'a> {
+    /// The herald binary.
+    pub exe: &'a Path,
+    pub config: &'a Path,
+    /// Its working directory.
+    pub dir: &'a Path,
+    pub amqp_url: &'a str,
+    /// `HERALD_HTTP_ADDR`.
+    pub addr: &'a str,
+    pub store_url: &'a str,
+    pub twilio: &'a FakeTwilio,
+    pub resend: &'a FakeResend,
+}
+
+impl HeraldChild<'_> {
+    /// The command, its output discarded and `RUST_LOG=warn`; the caller
+    /// adds what else it needs (stderr, more variables) and spawns it.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(self.exe);
+        cmd.args(["run", "--config"])
+            .arg(self.config)
+            .current_dir(self.dir)
+            .env("HERALD_AMQP_URL", self.amqp_url)
+            .env("HERALD_HTTP_ADDR", self.addr)
+            .env("HERALD_PROVIDER_MODE", "live")
+            .env("HERALD_STORE_URL", self.store_url)
+            .env("TWILIO_ACCOUNT_SID", SID)
+            .env("TWILIO_AUTH_TOKEN", TOKEN)
+            .env("TWILIO_PHONE_NUMBER", "+15005550006")
+            .env("TWILIO_BASE_URL", self.twilio.base_url())
+            .env("RESEND_API_KEY", KEY)
+            .env("RESEND_FROM", "Herald <herald@example.com>")
+            .env("RESEND_BASE_URL", self.resend.base_url())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        cmd
+    }
+}
+
+/// Waits until herald at `addr` answers 200 on `/readyz` (broker and store
+/// up); an error if it exits first or takes over 60 s.
+pub async fn wait_ready(addr: &str, child: &mut std::process::Child) -> anyhow::Result<()> {
+    let url = format!("http://{addr}/readyz");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("herald exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("herald was not ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

@@ -28,7 +28,8 @@
 //! # Secrets
 //!
 //! `providers.twilio.account_sid`, `providers.twilio.auth_token`,
-//! `providers.resend.api_key` and `admin_token` are `#[serde(skip)]`: they
+//! `providers.resend.api_key`, `providers.resend.webhook_secret` and
+//! `admin_token` are `#[serde(skip)]`: they
 //! come only from the environment, and putting one in the file is reported as
 //! an unknown key naming the variable to use. `Debug` prints them as
 //! `Some("***")`, and masks the password in any URL.
@@ -72,6 +73,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("RESEND_API_KEY", "providers.resend.api_key"),
     ("RESEND_FROM", "providers.resend.from"),
     ("RESEND_BASE_URL", "providers.resend.base_url"),
+    ("RESEND_WEBHOOK_SECRET", "providers.resend.webhook_secret"),
 ];
 
 /// The key paths that may only come from the environment, and their variable.
@@ -80,6 +82,7 @@ const ENV_ONLY: &[(&str, &str)] = &[
     ("providers.twilio.account_sid", "TWILIO_ACCOUNT_SID"),
     ("providers.twilio.auth_token", "TWILIO_AUTH_TOKEN"),
     ("providers.resend.api_key", "RESEND_API_KEY"),
+    ("providers.resend.webhook_secret", "RESEND_WEBHOOK_SECRET"),
 ];
 
 /// Most retries a class may ask for: beyond this, backoff delays reach days.
@@ -119,6 +122,9 @@ pub struct Config {
     /// The message classes, by name (the routing key).
     #[serde(default)]
     pub classes: BTreeMap<String, ClassConfig>,
+    /// Recurring events (`[[schedules]]`), as Celery beat published them.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
     /// Bearer token for `/api`; `None` refuses every `/api` call.
     /// Environment only (`HERALD_ADMIN_TOKEN`).
     #[serde(skip)]
@@ -130,6 +136,19 @@ pub struct Config {
     /// limits in-process.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// How limits are shared among instances.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: sharing the rate limits among herald instances.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LimitsConfig {
+    /// herald instances sharing the limits through `redis_url`. While Redis
+    /// is unreachable each instance keeps `1/instances` of every limit, so
+    /// the fleet stays within it. Unused without `redis_url`.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
 }
 
 /// `[amqp]`: the broker.
@@ -270,6 +289,11 @@ pub struct ResendConfig {
     /// Environment only (`RESEND_API_KEY`).
     #[serde(skip)]
     pub api_key: Option<String>,
+    /// The Svix signing secret of Resend's webhooks (`whsec_...`).
+    /// Environment only (`RESEND_WEBHOOK_SECRET`); without it
+    /// `/webhooks/resend` refuses every request.
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
     /// Sender address, optionally with a name (`Herald <n@example.com>`).
     #[serde(default)]
     pub from: Option<String>,
@@ -290,6 +314,10 @@ pub struct ResendConfig {
 /// `[quiet_hours]`: the window in which SMS to a recipient is held.
 #[derive(Clone, Debug, Deserialize)]
 pub struct QuietHoursConfig {
+    /// Hold SMS inside the window (`false`: never; for benchmarks and tests
+    /// that must not depend on the time of day).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// `HH:MM`, recipient's local time.
     #[serde(default = "default_quiet_start")]
     pub start: String,
@@ -358,6 +386,74 @@ pub struct ClassConfig {
     /// that carry none.
     #[serde(default)]
     pub template: Option<String>,
+    /// `"HH:MM"`: every event of the class is held until this time of day
+    /// in the recipient's time zone (the next such time), as daily
+    /// notifications are.
+    #[serde(default)]
+    pub deliver_at_local: Option<String>,
+    /// `"HH:MM"`: the same on Saturdays and Sundays; `deliver_at_local`
+    /// when unset.
+    #[serde(default)]
+    pub deliver_at_local_weekend: Option<String>,
+    /// At most `max` sends per user of this class per rolling window; the
+    /// rest are recorded `suppressed` with reason `frequency_cap`.
+    #[serde(default)]
+    pub frequency_cap: Option<FrequencyCapConfig>,
+}
+
+/// `[[schedules]]`: one recurring event.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ScheduleConfig {
+    /// `[a-z0-9_]+`; with the occurrence's time, the events' ids.
+    pub name: String,
+    /// Five fields (minute hour day-of-month month day-of-week), names and
+    /// ranges allowed (`45 6 * * MON-FRI`).
+    pub cron: String,
+    /// The zone the pattern is read in.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// The class it is published to.
+    pub class: String,
+    /// The event, without `id` (herald sets it per occurrence).
+    pub event: serde_json::Value,
+}
+
+impl ScheduleConfig {
+    /// The pattern. Panics on an unvalidated config.
+    pub fn parsed_cron(&self) -> croner::Cron {
+        self.cron
+            .parse()
+            .expect("schedules.cron is checked by Config::validate")
+    }
+
+    /// The zone. Panics on an unvalidated config.
+    pub fn tz(&self) -> Tz {
+        self.timezone
+            .parse()
+            .expect("schedules.timezone is checked by Config::validate")
+    }
+}
+
+/// `frequency_cap = { max = N, window_secs = S }`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct FrequencyCapConfig {
+    pub max: u32,
+    pub window_secs: f64,
+}
+
+impl ClassConfig {
+    /// `(weekday, weekend)` local delivery times, if the class has them.
+    /// Panics on an unvalidated config.
+    pub fn local_delivery(&self) -> Option<(NaiveTime, NaiveTime)> {
+        let weekday = parse_hhmm(self.deliver_at_local.as_deref()?)
+            .expect("deliver_at_local is checked by Config::validate");
+        let weekend = self
+            .deliver_at_local_weekend
+            .as_deref()
+            .map_or(Some(weekday), parse_hhmm)
+            .expect("deliver_at_local_weekend is checked by Config::validate");
+        Some((weekday, weekend))
+    }
 }
 
 /// `rate_limit = { sms = N, email = N }`: sends per minute; 0 = never.
@@ -433,6 +529,9 @@ fn default_resend_rate_per_sec() -> f64 {
 fn default_cost_per_message_usd() -> f64 {
     0.0001
 }
+fn default_true() -> bool {
+    true
+}
 fn default_quiet_start() -> String {
     "21:00".to_owned()
 }
@@ -453,6 +552,9 @@ fn default_ping_timeout_ms() -> u64 {
 }
 fn default_max_delay_secs() -> f64 {
     3600.0
+}
+fn default_instances() -> u32 {
+    1
 }
 
 impl Default for AmqpConfig {
@@ -517,6 +619,7 @@ impl Default for ResendConfig {
         ResendConfig {
             base_url: default_resend_base_url(),
             api_key: None,
+            webhook_secret: None,
             from: None,
             max_concurrency: default_resend_max_concurrency(),
             rate_per_sec: default_resend_rate_per_sec(),
@@ -529,9 +632,18 @@ impl Default for ResendConfig {
 impl Default for QuietHoursConfig {
     fn default() -> Self {
         QuietHoursConfig {
+            enabled: true,
             start: default_quiet_start(),
             end: default_quiet_end(),
             default_timezone: default_timezone(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            instances: default_instances(),
         }
     }
 }
@@ -849,6 +961,9 @@ impl Config {
         if let Some(v) = take("RESEND_BASE_URL", "providers.resend.base_url") {
             resend.base_url = v;
         }
+        if let Some(v) = take("RESEND_WEBHOOK_SECRET", "providers.resend.webhook_secret") {
+            resend.webhook_secret = Some(v);
+        }
         origins
     }
 }
@@ -1069,10 +1184,57 @@ impl Config {
         self.check_supervisor(c);
         self.check_templates(c);
         self.check_classes(c);
+        self.check_schedules(c);
         self.check_credentials(c);
     }
 
-    /// Broker, HTTP, store, Redis, public URL.
+    /// `[[schedules]]`: names, patterns, zones, classes, and that each
+    /// event would be accepted as published.
+    fn check_schedules(&self, c: &mut Checker<'_>) {
+        let mut names = BTreeSet::new();
+        for (i, s) in self.schedules.iter().enumerate() {
+            let base = format!("schedules[{i}]");
+            if let Err(why) = check_name(&s.name) {
+                c.push(format!("{base}.name"), format!("schedule name {why}"));
+            }
+            if !names.insert(s.name.as_str()) {
+                c.push(
+                    format!("{base}.name"),
+                    format!("{:?} is used twice", s.name),
+                );
+            }
+            if let Err(e) = s.cron.parse::<croner::Cron>() {
+                c.push(format!("{base}.cron"), format!("not a cron pattern: {e}"));
+            }
+            if s.timezone.parse::<Tz>().is_err() {
+                c.push(
+                    format!("{base}.timezone"),
+                    format!("{:?} is not an IANA time zone", s.timezone),
+                );
+            }
+            if !self.classes.contains_key(&s.class) {
+                c.push(
+                    format!("{base}.class"),
+                    format!("no class named {:?}", s.class),
+                );
+                continue;
+            }
+            let (_, body) =
+                crate::recurring::occurrence_event(&s.name, &s.event, chrono::Utc::now());
+            let envelope = crate::event::Envelope {
+                class: s.class.clone(),
+                ..Default::default()
+            };
+            if let Err(r) = crate::event::decode(self, &envelope, &body) {
+                c.push(
+                    format!("{base}.event"),
+                    format!("{}: {}", r.reason, r.detail),
+                );
+            }
+        }
+    }
+
+    /// Broker, HTTP, store, Redis and the instance count, public URL.
     fn check_edges(&self, c: &mut Checker<'_>) {
         let amqp = &self.amqp;
         if !(amqp.url.starts_with("amqp://") || amqp.url.starts_with("amqps://")) {
@@ -1142,16 +1304,25 @@ impl Config {
 
         if let Some(redis) = &self.redis_url {
             match url::Url::parse(redis) {
-                Ok(url) if matches!(url.scheme(), "redis" | "rediss") => {}
+                Ok(url) if url.scheme() == "rediss" => c.push(
+                    "redis_url",
+                    "rediss:// (TLS) is not supported by this build; use redis://",
+                ),
+                Ok(url) if url.scheme() == "redis" => {
+                    // The driver's own parse: host, port, database number.
+                    if let Err(e) = redis::Client::open(redis.as_str()) {
+                        c.push("redis_url", format!("not a valid Redis URL: {e}"));
+                    }
+                }
                 Ok(_) => c.push(
                     "redis_url",
-                    format!(
-                        "must start with redis:// or rediss://, got {:?}",
-                        redact_url(redis)
-                    ),
+                    format!("must start with redis://, got {:?}", redact_url(redis)),
                 ),
                 Err(e) => c.push("redis_url", format!("not a URL: {e}")),
             }
+        }
+        if self.limits.instances == 0 {
+            c.push("limits.instances", "must be >= 1, got 0");
         }
         if let Some(public) = &self.public_url {
             c.http_url("public_url", public);
@@ -1202,6 +1373,14 @@ impl Config {
 
         let r = &p.resend;
         c.http_url("providers.resend.base_url", &r.base_url);
+        if let Some(secret) = &r.webhook_secret {
+            if crate::webhooks::signature::SvixSecret::parse(secret).is_none() {
+                c.push(
+                    "env.RESEND_WEBHOOK_SECRET",
+                    "must be whsec_ followed by base64",
+                );
+            }
+        }
         if r.max_concurrency == 0 {
             c.push("providers.resend.max_concurrency", "must be > 0, got 0");
         }
@@ -1313,6 +1492,37 @@ impl Config {
                 c.push(
                     &base,
                     format!("class name {why} (it becomes a queue name and a metric label)"),
+                );
+            }
+            for (key, value) in [
+                ("deliver_at_local", &class.deliver_at_local),
+                ("deliver_at_local_weekend", &class.deliver_at_local_weekend),
+            ] {
+                if let Some(v) = value {
+                    if parse_hhmm(v).is_none() {
+                        c.push(
+                            format!("{base}.{key}"),
+                            format!("must be a time of day \"HH:MM\", got {v:?}"),
+                        );
+                    }
+                }
+            }
+            if let Some(cap) = &class.frequency_cap {
+                if cap.max == 0 {
+                    c.push(
+                        format!("{base}.frequency_cap.max"),
+                        "must be > 0 (a class that may never send has rate_limit 0)",
+                    );
+                }
+                c.positive(
+                    &format!("{base}.frequency_cap.window_secs"),
+                    cap.window_secs,
+                );
+            }
+            if class.deliver_at_local.is_none() && class.deliver_at_local_weekend.is_some() {
+                c.push(
+                    format!("{base}.deliver_at_local_weekend"),
+                    "needs deliver_at_local (the weekday time)",
                 );
             }
             if !(1..=10).contains(&class.priority) {
@@ -1524,8 +1734,8 @@ impl fmt::Debug for Secret<'_> {
     }
 }
 
-/// A URL with its password replaced by `***`.
-fn redact_url(raw: &str) -> String {
+/// A URL with its password replaced by `***` (also for logs).
+pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
             if url.set_password(Some("***")).is_ok() {
@@ -1552,6 +1762,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &Secret(&self.admin_token))
             .field("public_url", &self.public_url)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -1595,6 +1806,7 @@ impl fmt::Debug for ResendConfig {
         f.debug_struct("ResendConfig")
             .field("base_url", &self.base_url)
             .field("api_key", &Secret(&self.api_key))
+            .field("webhook_secret", &Secret(&self.webhook_secret))
             .field("from", &self.from)
             .field("max_concurrency", &self.max_concurrency)
             .field("rate_per_sec", &self.rate_per_sec)
@@ -1629,6 +1841,50 @@ rate_limit = { sms = 10 }
 retries = 2
 base_delay_secs = 30
 "#;
+
+    #[test]
+    fn schedules_are_checked_down_to_their_event() {
+        let text = format!(
+            r#"{MINIMAL}
+[[schedules]]
+name = "morning"
+cron = "45 6 * * MON-FRI"
+timezone = "Europe/Berlin"
+class = "alerts"
+event = {{ user_id = "u", to = {{ phone = "+15551234567" }}, template = "hi" }}
+
+[[schedules]]
+name = "Bad Name"
+cron = "61 * * * *"
+timezone = "Mars/Olympus"
+class = "alerts"
+event = {{ user_id = "u", template = "hi" }}
+
+[[schedules]]
+name = "morning"
+cron = "0 9 * * *"
+class = "nope"
+event = {{}}
+"#
+        );
+        let p = problems(&text);
+        let at = |path: &str| p.iter().filter(|l| l.starts_with(path)).count();
+        assert_eq!(at("schedules[0]"), 0, "{p:#?}");
+        assert_eq!(at("schedules[1].name"), 1, "{p:#?}");
+        assert_eq!(at("schedules[1].cron"), 1, "{p:#?}");
+        assert_eq!(at("schedules[1].timezone"), 1, "{p:#?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("schedules[1].event: missing_recipient")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("schedules[2].name: \"morning\" is used twice")),
+            "{p:#?}"
+        );
+        assert_eq!(at("schedules[2].class"), 1, "{p:#?}");
+    }
 
     /// The problems (as `path: message` lines) for `text`, which must be
     /// invalid.
@@ -1759,6 +2015,10 @@ base_delay_secs = 30
         assert_eq!(
             format!("{:?}", shipped.supervisor),
             format!("{:?}", minimal.supervisor)
+        );
+        assert_eq!(
+            format!("{:?}", shipped.limits),
+            format!("{:?}", minimal.limits)
         );
         assert_eq!(minimal.amqp.prefetch, 64);
         assert_eq!(minimal.amqp.heartbeat_secs, 10);
@@ -2173,13 +2433,44 @@ base_delay_secs = 30
             "must start with sqlite://, postgres:// or postgresql://",
         );
         assert_problem(&p, "public_url", "not a URL");
-        assert_problem(&p, "redis_url", "must start with redis:// or rediss://");
+        assert_problem(&p, "redis_url", "must start with redis://");
         assert_eq!(p.len(), 7, "{p:#?}");
 
         let p = problems(&format!("{MINIMAL}\n[store]\nurl = \"sqlite://\"\n"));
         assert_problem(&p, "store.url", "sqlite:// needs a file path");
         let ok = format!("{MINIMAL}\n[store]\nurl = \"postgresql://u@db:5432/herald\"\n");
         assert!(Config::from_toml_str(&ok, &no_env).is_ok());
+    }
+
+    #[test]
+    fn redis_urls_and_the_instance_count() {
+        let minimal = Config::from_toml_str(MINIMAL, &no_env).unwrap();
+        assert_eq!(minimal.limits.instances, 1);
+        assert_eq!(minimal.redis_url, None);
+        let text = format!(
+            "redis_url = \"redis://:pw@cache:6379/2\"\n{MINIMAL}\n[limits]\ninstances = 3\n"
+        );
+        let config = Config::from_toml_str(&text, &no_env).expect("valid");
+        assert_eq!(config.limits.instances, 3);
+
+        let p = problems(&format!(
+            "redis_url = \"rediss://:pw@cache\"\n{MINIMAL}\n[limits]\ninstances = 0\ninstance = 2\n"
+        ));
+        assert_eq!(
+            p,
+            [
+                "limits.instance: unknown key",
+                "redis_url: rediss:// (TLS) is not supported by this build; use redis://",
+                "limits.instances: must be >= 1, got 0",
+            ]
+        );
+        let p = problems_with(
+            MINIMAL,
+            &env_of(&[("HERALD_REDIS_URL", "redis://:hunter2@cache/notadb")]),
+        );
+        assert_problem(&p, "redis_url", "not a valid Redis URL");
+        assert!(p[0].ends_with("(set by HERALD_REDIS_URL)"), "{p:?}");
+        assert!(!p[0].contains("hunter2"), "{p:?}");
     }
 
     #[test]

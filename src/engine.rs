@@ -14,6 +14,7 @@ use herald_actors::class_sender::ClassParams;
 use herald_actors::messages::{IsIdle, Release};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
+use herald_actors::pace::SharedPacing;
 use herald_actors::provider::ProviderParams;
 use herald_actors::registry::Registry;
 use herald_actors::supervisor::{ChildSpec, Supervisor, SupervisorParams};
@@ -26,7 +27,10 @@ use crate::amqp::topology::{self, ClassTopology};
 use crate::config::{ClassConfig, Config, ProviderMode};
 use crate::http::{self, Readiness};
 use crate::journal::StoreLog;
+use crate::limits::{LimitsError, RedisLimits};
 use crate::providers::{ResendClient, ResendParams, SandboxClient, TwilioClient, TwilioParams};
+use crate::schedule::{Clock, SystemClock};
+use crate::scheduler::Scheduling;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,10 @@ pub enum EngineError {
     Provider(String),
     #[error("delivery store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("delivery store: opening it panicked")]
+    StorePanicked,
+    #[error("shared rate limits: {0}")]
+    Limits(#[from] LimitsError),
 }
 
 /// A running engine.
@@ -111,6 +119,35 @@ impl Readiness for EngineReadiness {
     }
 }
 
+/// With `redis_url`, the shared rate limits every pace in the process uses
+/// (one connection). Redis need not be up: if it does not answer now, the
+/// engine starts degraded (each limit divided by `limits.instances`), says
+/// so once, and the paces return to the shared limits when it answers.
+async fn shared_pacing(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<SharedPacing>, EngineError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    let limits = RedisLimits::new(url)?;
+    let status = metrics.shared_limits();
+    let instances = config.limits.instances.max(1);
+    info!(
+        redis = %crate::config::redact_url(url),
+        instances,
+        "rate limits shared through Redis"
+    );
+    if let Err(e) = limits.ping().await {
+        status.degraded(&e);
+    }
+    Ok(Some(SharedPacing {
+        limits: Arc::new(limits),
+        status,
+        instances,
+    }))
+}
+
 /// Pings the store every few seconds for `/readyz`.
 fn watch_store(store: Store, ok: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -152,10 +189,25 @@ impl Engine {
     /// Starts everything; returns once the first broker session is up (it
     /// keeps trying, with backoff, until the broker answers).
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        Engine::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`start`](Self::start) on another clock (tests move it to 23:00
+    /// somewhere to see quiet hours hold an SMS).
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let registry = Registry::new();
-        let store = Store::open(&config.store.url).await?;
+        // Opened on the I/O runtime, where its statements run (its sockets
+        // and pool tasks belong there).
+        let url = config.store.url.clone();
+        let store = crate::offload::run(async move { Store::open(&url).await })
+            .await
+            .ok_or(EngineError::StorePanicked)??;
+        let shared = shared_pacing(&config, &metrics).await?;
 
         let classes = class_topology(&config);
         let link = Arc::new(BrokerLink::default());
@@ -187,10 +239,25 @@ impl Engine {
         ));
         specs.push(ChildSpec::journal(
             &registry,
-            Arc::new(StoreLog(store.clone())),
+            Arc::new(StoreLog {
+                store: store.clone(),
+                caps: Arc::new(
+                    config
+                        .classes
+                        .iter()
+                        .filter_map(|(name, c)| {
+                            let cap = c.frequency_cap?;
+                            Some((
+                                name.clone(),
+                                (cap.max, Duration::from_secs_f64(cap.window_secs)),
+                            ))
+                        })
+                        .collect(),
+                ),
+            }),
         ));
         for &channel in &used {
-            let (client, params) = provider_for(&config, channel, &mut sandbox)?;
+            let (client, params) = provider_for(&config, channel, &shared, &mut sandbox)?;
             specs.push(ChildSpec::provider(&registry, params, client));
         }
         specs.push(ChildSpec::fallback(&registry));
@@ -207,6 +274,8 @@ impl Engine {
                     base_delay: Duration::from_secs_f64(c.base_delay_secs),
                     max_delay: Duration::from_secs_f64(c.max_delay_secs),
                     fallback: c.fallback.filter(|f| *f != channel),
+                    shared: shared.clone(),
+                    receipts_expected: config.public_url.is_some(),
                 };
                 specs.push(ChildSpec::class_sender(&registry, params, broker.clone()));
             }
@@ -232,11 +301,17 @@ impl Engine {
         }
 
         let outstanding = Arc::new(AtomicUsize::new(0));
+        let scheduling = Scheduling {
+            store: store.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        };
         let ctx = Arc::new(ConsumeContext {
             config: config.clone(),
             registry: registry.clone(),
             publisher: publisher.clone(),
             outstanding: outstanding.clone(),
+            scheduling: scheduling.clone(),
         });
         let params = LinkParams {
             url: config.amqp.url.clone(),
@@ -247,10 +322,12 @@ impl Engine {
         let control = link::start(params, link.clone(), ctx).await;
 
         let store_ok = Arc::new(AtomicBool::new(true));
-        let background = vec![
+        let mut background = vec![
             watch_store(store.clone(), store_ok.clone()),
             retention(store.clone(), &config.store),
+            crate::scheduler::spawn(scheduling, publisher.clone()),
         ];
+        background.extend(crate::recurring::spawn(&config, clock, publisher.clone()));
         let (http_addr, http) = http::serve(
             &config.http.addr,
             metrics.clone(),
@@ -261,6 +338,21 @@ impl Engine {
             crate::api::ApiState {
                 store: store.clone(),
                 token: config.admin_token.clone(),
+            },
+            crate::webhooks::WebhookState {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                public_url: config
+                    .public_url
+                    .as_ref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                twilio_token: config.providers.twilio.auth_token.clone(),
+                svix: config
+                    .providers
+                    .resend
+                    .webhook_secret
+                    .as_deref()
+                    .and_then(crate::webhooks::signature::SvixSecret::parse),
             },
         )?;
         info!(%http_addr, mode = ?config.providers.mode, classes = config.classes.len(), "herald is running");
@@ -347,6 +439,7 @@ impl actix::Handler<StopSupervisor> for Supervisor {
 fn provider_for(
     config: &Config,
     channel: Channel,
+    shared: &Option<SharedPacing>,
     sandbox: &mut HashMap<Channel, Arc<SandboxClient>>,
 ) -> Result<(Arc<dyn ProviderClient>, ProviderParams), EngineError> {
     let p = &config.providers;
@@ -356,12 +449,14 @@ fn provider_for(
             max_concurrency: p.twilio.max_concurrency,
             rate_per_sec: p.twilio.rate_per_sec,
             cost_per_unit_usd: p.twilio.cost_per_segment_usd,
+            shared: shared.clone(),
         },
         Channel::Email => ProviderParams {
             channel,
             max_concurrency: p.resend.max_concurrency,
             rate_per_sec: p.resend.rate_per_sec,
             cost_per_unit_usd: p.resend.cost_per_message_usd,
+            shared: shared.clone(),
         },
     };
     let client: Arc<dyn ProviderClient> = match (p.mode, channel) {
@@ -413,6 +508,11 @@ fn provider_for(
                 .map_err(|e| EngineError::Provider(e.to_string()))?,
             )
         }
+    };
+    // Live calls run on the I/O runtime, off the actor thread.
+    let client: Arc<dyn ProviderClient> = match p.mode {
+        ProviderMode::Live => Arc::new(crate::offload::Offloaded(client)),
+        ProviderMode::Sandbox => client,
     };
     Ok((client, params))
 }

@@ -49,6 +49,8 @@ pub struct Envelope {
     pub fallback_from: Option<Channel>,
     pub priority: u8,
     pub published_at_ms: Option<u64>,
+    /// Published again from the schedule (`x-herald-due`).
+    pub released: bool,
 }
 
 #[derive(Deserialize)]
@@ -175,14 +177,18 @@ pub fn decode(cfg: &Config, env: &Envelope, body: &[u8]) -> Result<Job, Rejectio
             ));
         }
     }
-    if let Some(at) = &wire.send_at {
-        if chrono::DateTime::parse_from_rfc3339(at).is_err() {
-            return Err(Rejection::new(
-                "invalid_send_at",
-                "send_at is not an RFC 3339 time",
-            ));
-        }
-    }
+    let send_at_ms = match &wire.send_at {
+        None => None,
+        Some(at) => match chrono::DateTime::parse_from_rfc3339(at) {
+            Ok(t) => Some(t.timestamp_millis()),
+            Err(_) => {
+                return Err(Rejection::new(
+                    "invalid_send_at",
+                    "send_at is not an RFC 3339 time",
+                ))
+            }
+        },
+    };
 
     let template_ref = wire
         .template
@@ -228,6 +234,8 @@ pub fn decode(cfg: &Config, env: &Envelope, body: &[u8]) -> Result<Job, Rejectio
         amqp_priority: env.priority,
         raw: Arc::from(body),
         published_at_ms: env.published_at_ms,
+        send_at_ms,
+        timezone: wire.to.timezone.as_deref().map(Arc::from),
     })
 }
 

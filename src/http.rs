@@ -1,5 +1,6 @@
-//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`, and the admin
-//! API under `/api` ([`crate::api`]).
+//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`, the admin
+//! API under `/api` ([`crate::api`]) and the providers' webhooks
+//! ([`crate::webhooks`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use herald_actors::metrics::Metrics;
 
 use crate::api::ApiState;
+use crate::webhooks::WebhookState;
 
 /// Whether herald can do its job: used by `/readyz`.
 pub trait Readiness: Send + Sync + 'static {
@@ -45,6 +47,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     ready: Arc<dyn Readiness>,
     api: ApiState,
+    webhooks: WebhookState,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let state = web::Data::new(State { metrics, ready });
     let server = HttpServer::new(move || {
@@ -54,6 +57,7 @@ pub fn serve(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .configure(|cfg| crate::api::configure(cfg, api.clone()))
+            .configure(|cfg| crate::webhooks::configure(cfg, webhooks.clone()))
     })
     .workers(1)
     .disable_signals()

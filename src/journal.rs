@@ -1,5 +1,6 @@
 //! The delivery store behind the actors' journal port: maps the actors'
-//! claims and outcome records onto [`Store`] batches.
+//! claims and outcome records onto [`Store`] batches, run on the I/O
+//! runtime ([`crate::offload`]).
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -7,10 +8,31 @@ use herald_actors::ports::{
     ClaimRequest, ClaimVerdict, DeliveryLog, JournalError, OutcomeRecord, RecordOutcome,
 };
 
-use crate::store::{self, Claim, ClaimOutcome, Outcome, Record, Store};
+use herald_actors::model::Channel;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::{
+    self, Claim, ClaimOutcome, FrequencyCap, KeptEvent, Outcome, Record, Store, SuppressionAction,
+    SuppressionChange,
+};
+
+/// Who reported an opt-out on a channel, for the audit log.
+fn provider_name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Sms => "twilio",
+        Channel::Email => "resend",
+    }
+}
 
 /// [`DeliveryLog`] over the delivery store.
-pub struct StoreLog(pub Store);
+pub struct StoreLog {
+    pub store: Store,
+    /// Per class: most messages per user, and the rolling window.
+    pub caps: Arc<HashMap<String, (u32, Duration)>>,
+}
 
 /// The store numbers attempts from 1; a job counts attempts already made.
 fn attempt_no(attempt: u32) -> u32 {
@@ -22,8 +44,9 @@ impl DeliveryLog for StoreLog {
         &self,
         claims: Vec<ClaimRequest>,
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>> {
-        let store = self.0.clone();
-        async move {
+        let store = self.store.clone();
+        let caps = self.caps.clone();
+        offloaded(async move {
             let now = store::now_ms();
             let rows: Vec<Claim> = claims
                 .iter()
@@ -34,6 +57,13 @@ impl DeliveryLog for StoreLog {
                     channel: c.channel.as_str(),
                     attempt: attempt_no(c.attempt),
                     fallback_from: c.fallback_from.map(|f| f.as_str()),
+                    address: c.address.clone(),
+                    cap: caps
+                        .get(c.class.as_ref())
+                        .map(|(max, window)| FrequencyCap {
+                            max: *max,
+                            since_ms: now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+                        }),
                     now_ms: now,
                 })
                 .collect();
@@ -49,15 +79,16 @@ impl DeliveryLog for StoreLog {
                     }
                     ClaimOutcome::AlreadySent { .. } => ClaimVerdict::AlreadySent,
                     ClaimOutcome::AlreadyFinal { .. } => ClaimVerdict::AlreadyFinal,
+                    ClaimOutcome::Suppressed => ClaimVerdict::Suppressed,
+                    ClaimOutcome::Capped => ClaimVerdict::Capped,
                 })
                 .collect())
-        }
-        .boxed()
+        })
     }
 
     fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>> {
-        let store = self.0.clone();
-        async move {
+        let store = self.store.clone();
+        offloaded(async move {
             let now = store::now_ms();
             let rows: Vec<Record> = records
                 .into_iter()
@@ -83,7 +114,25 @@ impl DeliveryLog for StoreLog {
                             reason: reason.to_owned(),
                             error: Some(error),
                         },
+                        RecordOutcome::Suppressed { reason } => Outcome::Suppressed {
+                            reason: reason.to_owned(),
+                        },
                     },
+                    opt_out: r.opt_out.map(|address| SuppressionChange {
+                        address,
+                        channel: r.channel.as_str(),
+                        action: SuppressionAction::Suppress,
+                        actor: provider_name(r.channel).to_owned(),
+                        source: "send_error".to_owned(),
+                        reason: Some("the provider reported the recipient opted out".to_owned()),
+                        now_ms: now,
+                    }),
+                    keep_for_fallback: r.keep_for_fallback.map(|k| KeptEvent {
+                        priority: k.priority,
+                        published_at_ms: k.published_at_ms.and_then(|ms| i64::try_from(ms).ok()),
+                        body: k.raw.to_vec(),
+                    }),
+                    track_receipts: r.track_receipts,
                     now_ms: now,
                 })
                 .collect();
@@ -91,7 +140,19 @@ impl DeliveryLog for StoreLog {
                 .record(&rows)
                 .await
                 .map_err(|e| JournalError(e.to_string()))
-        }
-        .boxed()
+        })
     }
+}
+
+/// Runs a store batch on the I/O runtime; a panic there is a failed batch
+/// (the journal holds it and tries again).
+fn offloaded<T: Send + 'static>(
+    batch: impl std::future::Future<Output = Result<T, JournalError>> + Send + 'static,
+) -> BoxFuture<'static, Result<T, JournalError>> {
+    async move {
+        crate::offload::run(batch)
+            .await
+            .unwrap_or_else(|| Err(JournalError("the store batch panicked".into())))
+    }
+    .boxed()
 }

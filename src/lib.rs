@@ -9,9 +9,15 @@
 //! - [`fakes`]: local fake Twilio and Resend servers for tests and `herald bench`.
 //! - [`store`]: the delivery store (SQLite or PostgreSQL): claims, outcomes, retention.
 //! - [`journal`]: the delivery store behind the actors' journal port.
+//! - [`limits`]: rate limits shared by every instance, in Redis (the actors'
+//!   shared-limits port).
 //! - [`bench`]: `herald bench`, the benchmark harness.
 //! - [`api`]: the admin API under `/api` (bearer token).
 //! - [`http`]: the one HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`webhooks`]: the providers' callbacks (opt-outs), signatures checked.
+//! - [`schedule`]: when an event may go out (send_at, local time, quiet hours).
+//! - [`scheduler`]: holds events in the store until then, and publishes them back.
+//! - [`recurring`]: `[[schedules]]`, recurring events on a cron pattern.
 //! - [`engine`]: wires everything together and runs it.
 //! - [`dlq`]: `herald dlq list` and `herald dlq replay`.
 //! - [`telemetry`]: logging set-up.
@@ -28,7 +34,13 @@ pub mod event;
 pub mod fakes;
 pub mod http;
 pub mod journal;
+pub mod limits;
+pub mod offload;
 pub mod providers;
+pub mod recurring;
+pub mod schedule;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod webhooks;

@@ -216,14 +216,19 @@ async fn status(cfg: Config, id: String) -> anyhow::Result<()> {
         .await
         .context("opening the delivery store")?;
     let found = store.message(&id).await?;
+    let held = store.scheduled(&id).await?;
     store.close().await;
-    match found {
-        Some(view) => {
-            println!("{}", serde_json::to_string_pretty(&view)?);
-            Ok(())
-        }
-        None => bail!("no delivery record for event {id:?}"),
+    if found.is_none() && held.is_empty() {
+        bail!("no delivery record for event {id:?}");
     }
+    if let Some(view) = found {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    }
+    // An event waiting for its time (send_at, local time, quiet hours).
+    for entry in held {
+        println!("{}", serde_json::to_string_pretty(&entry)?);
+    }
+    Ok(())
 }
 
 async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {

@@ -73,9 +73,11 @@ async fn one_event_per_default_class_reaches_the_right_provider_rendered() {
             assert!(keys.contains(&format!("evt-{class}")), "{class}");
         }
     }
-    let sent = metric(
+    let sent = metric_reaching(
         engine.http_addr,
         r#"herald_deliveries_total{channel="sms",class="payment_reminder",outcome="sent"}"#,
+        1.0,
+        10,
     )
     .await;
     assert_eq!(sent, 1.0);
@@ -100,9 +102,11 @@ async fn an_sms_refused_with_21211_goes_out_as_email_once() {
     assert_eq!(w.twilio.request_count(), 1, "21211 is never retried");
     assert_eq!(w.twilio.sent_count(), 0);
     assert_eq!(w.resend.sent()[0].body, "Hello Jane, ref evt-21211");
-    let fallbacks = metric(
+    let fallbacks = metric_reaching(
         engine.http_addr,
         r#"herald_fallbacks_total{class="payment_reminder",from="sms",to="email"}"#,
+        1.0,
+        10,
     )
     .await;
     assert_eq!(fallbacks, 1.0);
@@ -127,9 +131,11 @@ async fn a_500_then_201_sms_is_retried_through_the_broker_and_sent_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.twilio.request_count(), 2);
     assert_eq!(w.twilio.sent_count(), 1);
-    let retries = metric(
+    let retries = metric_reaching(
         engine.http_addr,
         r#"herald_retries_total{channel="sms",class="weekly_checkin"}"#,
+        1.0,
+        10,
     )
     .await;
     assert_eq!(retries, 1.0);
@@ -158,12 +164,7 @@ async fn retries_spent_on_a_class_without_fallback_dead_letter_with_a_reason() {
     .await;
     let dead = r#"herald_dead_letters_total{class="weekly_checkin",reason="retries_exhausted"}"#;
     let addr = engine.http_addr;
-    for _ in 0..200 {
-        if metric(addr, dead).await == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    metric_reaching(addr, dead, 1.0, 10).await;
     let letters = drain_dlq(&conn).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].reason, "retries_exhausted");
@@ -251,9 +252,11 @@ async fn every_bad_input_is_dead_lettered_once_with_its_reason_and_the_engine_ke
         };
         assert_eq!(l.class, expected_class);
     }
-    let unknown = metric(
+    let unknown = metric_reaching(
         engine.http_addr,
         r#"herald_dead_letters_total{class="unknown",reason="unknown_class"}"#,
+        1.0,
+        10,
     )
     .await;
     assert_eq!(unknown, 1.0);
@@ -479,5 +482,47 @@ async fn a_graceful_stop_mid_flight_loses_nothing_and_returns_the_rest() {
     let unique: HashSet<&String> = bodies.iter().collect();
     assert_eq!(unique.len(), 30, "none lost");
     assert_eq!(bodies.len(), 30, "none sent twice: {bodies:?}");
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn sms_cost_counts_segments_as_twilio_bills_them() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let with_text = |id: &str, text: String| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&event(id, Some("+15550001111"), None)).unwrap();
+        v["template"] = text.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    // 200 GSM-7 characters: two parts of 153. 71 characters with an emoji:
+    // UCS-2, 72 UTF-16 units, two parts of 67.
+    let gsm = "a".repeat(200);
+    let emoji = format!("{}👍", "b".repeat(70));
+    assert_eq!(emoji.chars().count(), 71);
+    publish_raw(&conn, "weekly_checkin", &with_text("cost-gsm", gsm)).await;
+    publish_raw(&conn, "weekly_checkin", &with_text("cost-emoji", emoji)).await;
+    eventually(20, || w.twilio.sent_count() == 2).await;
+    let series = r#"herald_cost_usd_total{channel="sms",class="weekly_checkin"}"#;
+    let cost = metric_reaching(engine.http_addr, series, 0.0299, 5).await;
+    assert!((cost - 4.0 * 0.0075).abs() < 1e-9, "cost {cost}");
+    for id in ["cost-gsm", "cost-emoji"] {
+        let mut view = None;
+        for _ in 0..50 {
+            view = engine.store.message(id).await.unwrap();
+            if view.as_ref().is_some_and(|v| v.status.as_str() == "sent") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let view = view.expect("recorded");
+        assert_eq!(view.segments, 2, "{id}");
+        assert!(
+            (view.cost_usd - 0.015).abs() < 1e-9,
+            "{id}: {}",
+            view.cost_usd
+        );
+    }
     engine.stop(Duration::from_secs(5)).await;
 }

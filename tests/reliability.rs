@@ -14,7 +14,7 @@ mod support;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -44,6 +44,7 @@ fn test_config() -> String {
                 "base_delay_secs = 0.3\nmax_delay_secs = 1.0",
             ),
             ("retries = ", "retries = 6"),
+            ("enabled = true", "enabled = false"),
             ("max_concurrency = ", "max_concurrency = 32"),
             ("rate_per_sec = ", "rate_per_sec = 5000.0"),
             ("heartbeat_ms = ", "heartbeat_ms = 100"),
@@ -97,49 +98,28 @@ impl Rig {
             .open(&self.log)
             .unwrap();
         let w = &self.world;
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .current_dir(w.dir.path())
-            .env("HERALD_AMQP_URL", w.vhost.url())
-            .env("HERALD_HTTP_ADDR", &self.addr)
-            .env("HERALD_PROVIDER_MODE", "live")
-            .env("HERALD_STORE_URL", &self.store_url)
-            .env("TWILIO_ACCOUNT_SID", TWILIO_SID)
-            .env("TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
-            .env("TWILIO_PHONE_NUMBER", "+15005550006")
-            .env("TWILIO_BASE_URL", w.twilio.base_url())
-            .env("RESEND_API_KEY", RESEND_KEY)
-            .env("RESEND_FROM", "Herald <herald@example.com>")
-            .env("RESEND_BASE_URL", w.resend.base_url())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = herald::bench::HeraldChild {
+            exe: env!("CARGO_BIN_EXE_herald").as_ref(),
+            config: &self.config_path,
+            dir: w.dir.path(),
+            amqp_url: &w.vhost.url(),
+            addr: &self.addr,
+            store_url: &self.store_url,
+            twilio: &w.twilio,
+            resend: &w.resend,
+        }
+        .command()
+        .stderr(log)
+        .spawn()
+        .unwrap();
         let mut h = Herald {
             child,
             addr: self.addr.clone(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{}/readyz", h.addr)).await {
-                if r.status().is_success() {
-                    return h;
-                }
-            }
-            assert!(
-                h.child.try_wait().unwrap().is_none(),
-                "herald exited at start; log: {}",
-                self.log_tail()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "herald not ready; log: {}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = herald::bench::wait_ready(&h.addr, &mut h.child).await {
+            panic!("{e}; log: {}", self.log_tail());
         }
+        h
     }
 
     fn log_tail(&self) -> String {

@@ -11,7 +11,10 @@
 
 use std::time::Instant;
 
-use herald::store::{Claim, ClaimOutcome, MessageView, Outcome, Record, Status, Store};
+use herald::store::{
+    Claim, ClaimOutcome, FrequencyCap, MessageView, Outcome, Record, ScheduledEvent, Status, Store,
+    SuppressionAction, SuppressionChange,
+};
 use sqlx::{Connection, Executor};
 
 /// A day in milliseconds.
@@ -183,6 +186,11 @@ on_both_backends!(
     purge_deletes_by_age_and_status_with_attempts,
     migrations_run_again_harmlessly,
     concurrent_batches_all_commit,
+    suppressed_recipients_are_refused_until_allowed,
+    a_provider_opt_out_is_listed_with_its_record,
+    a_webhook_delivery_applies_once,
+    a_frequency_cap_counts_the_batch_in_order,
+    erasing_a_user_keeps_anonymous_counts_only,
 );
 
 // ---------------------------------------------------------------------------
@@ -196,6 +204,8 @@ fn claim(event_id: &str, channel: &'static str, attempt: u32, now_ms: i64) -> Cl
         channel,
         attempt,
         fallback_from: None,
+        address: None,
+        cap: None,
         now_ms,
     }
 }
@@ -214,6 +224,9 @@ fn record(
         channel,
         attempt,
         outcome,
+        opt_out: None,
+        keep_for_fallback: None,
+        track_receipts: false,
         now_ms,
     }
 }
@@ -1053,4 +1066,254 @@ async fn throughput_postgres() {
     let db = Db::postgres().await;
     measure(&db).await;
     db.store.close().await;
+}
+
+// ---------------------------------------------------------------------------
+// Suppression.
+
+const PHONE: &str = "+15005550006";
+
+fn change(address: &str, channel: &'static str, action: SuppressionAction) -> SuppressionChange {
+    SuppressionChange {
+        address: address.to_owned(),
+        channel,
+        action,
+        actor: "twilio".to_owned(),
+        source: "inbound_stop".to_owned(),
+        reason: Some("STOP".to_owned()),
+        now_ms: T0,
+    }
+}
+
+fn to(event_id: &str, channel: &'static str, address: &str) -> Claim {
+    Claim {
+        address: Some(address.to_owned()),
+        ..claim(event_id, channel, 1, T0 + 1)
+    }
+}
+
+async fn suppressed_recipients_are_refused_until_allowed(db: &Db) {
+    let store = &db.store;
+    let stop = change(PHONE, "sms", SuppressionAction::Suppress);
+    assert_eq!(
+        store
+            .change_suppressions(std::slice::from_ref(&stop))
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(
+        store.change_suppressions(&[stop]).await.unwrap(),
+        [false],
+        "already on the list"
+    );
+    // The same address on the other channel, and another number, go ahead;
+    // the suppressed one is refused and nothing is written for it.
+    let outcomes = store
+        .claim(&[
+            to("s1", "sms", PHONE),
+            to("s2", "sms", "+15005550007"),
+            to("s3", "email", "a@example.com"),
+            to("s1", "sms", PHONE),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            ClaimOutcome::Suppressed,
+            SEND,
+            SEND,
+            ClaimOutcome::Suppressed
+        ]
+    );
+    assert!(store.message("s1").await.unwrap().is_none());
+    // An event that already went out stays what it was.
+    store
+        .record(&[record("s2", "sms", 1, sent("SM2", 0.0075, 1), T0 + 2)])
+        .await
+        .unwrap();
+    let stop2 = change("+15005550007", "sms", SuppressionAction::Suppress);
+    store.change_suppressions(&[stop2]).await.unwrap();
+    assert!(matches!(
+        store
+            .claim(&[to("s2", "sms", "+15005550007")])
+            .await
+            .unwrap()[..],
+        [ClaimOutcome::AlreadySent { .. }]
+    ));
+    // START: allowed again, and the log holds both changes.
+    let start = SuppressionChange {
+        source: "inbound_start".to_owned(),
+        reason: Some("START".to_owned()),
+        ..change(PHONE, "sms", SuppressionAction::Allow)
+    };
+    assert_eq!(store.change_suppressions(&[start]).await.unwrap(), [true]);
+    assert_eq!(
+        store.claim(&[to("s1", "sms", PHONE)]).await.unwrap(),
+        [SEND]
+    );
+    let audit = store.audit(PHONE).await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| (a.action.as_str(), a.source.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [("suppress", "inbound_stop"), ("allow", "inbound_start")]
+    );
+    let list = store.suppressions(100).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].address, "+15005550007");
+}
+
+async fn a_provider_opt_out_is_listed_with_its_record(db: &Db) {
+    let store = &db.store;
+    assert_eq!(
+        store.claim(&[to("o1", "sms", PHONE)]).await.unwrap(),
+        [SEND]
+    );
+    let suppressed = Outcome::Suppressed {
+        reason: "unsubscribed".to_owned(),
+    };
+    store
+        .record(&[Record {
+            opt_out: Some(SuppressionChange {
+                actor: "twilio".to_owned(),
+                source: "send_error".to_owned(),
+                ..change(PHONE, "sms", SuppressionAction::Suppress)
+            }),
+            ..record("o1", "sms", 1, suppressed, T0 + 2)
+        }])
+        .await
+        .unwrap();
+    let v = view(store, "o1").await;
+    assert_eq!(v.status, Status::Suppressed);
+    assert_eq!(v.reason.as_deref(), Some("unsubscribed"));
+    assert_eq!(
+        store.claim(&[to("o2", "sms", PHONE)]).await.unwrap(),
+        [ClaimOutcome::Suppressed]
+    );
+    assert_eq!(store.audit(PHONE).await.unwrap()[0].source, "send_error");
+}
+
+async fn a_webhook_delivery_applies_once(db: &Db) {
+    let store = &db.store;
+    let bounce = SuppressionChange {
+        actor: "resend".to_owned(),
+        source: "email.bounced".to_owned(),
+        ..change("a@example.com", "email", SuppressionAction::Suppress)
+    };
+    let first = store.change_suppressions_once("msg_1", std::slice::from_ref(&bounce));
+    assert_eq!(first.await.unwrap(), Some(vec![true]));
+    // Taken off by an operator, then the same delivery replayed: ignored.
+    let allow = change("a@example.com", "email", SuppressionAction::Allow);
+    store.change_suppressions(&[allow]).await.unwrap();
+    let replay = store.change_suppressions_once("msg_1", std::slice::from_ref(&bounce));
+    assert_eq!(replay.await.unwrap(), None);
+    assert!(store.suppressions(10).await.unwrap().is_empty());
+}
+
+async fn a_frequency_cap_counts_the_batch_in_order(db: &Db) {
+    let store = &db.store;
+    let capped = |id: &str, user: &str, since_ms: i64| Claim {
+        user_id: user.to_owned(),
+        cap: Some(FrequencyCap { max: 2, since_ms }),
+        ..claim(id, "sms", 1, T0 + 10)
+    };
+    // Two per user: the third of u1 in the same batch is refused, u2's not.
+    let outcomes = store
+        .claim(&[
+            capped("f1", "u1", T0),
+            capped("f2", "u1", T0),
+            capped("f3", "u1", T0),
+            capped("f4", "u2", T0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [SEND, SEND, ClaimOutcome::Capped, SEND]);
+    assert!(
+        store.message("f3").await.unwrap().is_none(),
+        "nothing written"
+    );
+    store
+        .record(&[
+            record("f1", "sms", 1, sent("SM1", 0.0075, 1), T0 + 20),
+            record(
+                "f2",
+                "sms",
+                1,
+                dead_letter("invalid_recipient", "x"),
+                T0 + 20,
+            ),
+        ])
+        .await
+        .unwrap();
+    // f1 sent counts, f2 dead-lettered does not; a redelivered f1 is
+    // already sent, whatever the cap.
+    let outcomes = store
+        .claim(&[
+            capped("f5", "u1", T0),
+            capped("f6", "u1", T0),
+            capped("f1", "u1", T0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes[..2], [SEND, ClaimOutcome::Capped]);
+    assert!(matches!(outcomes[2], ClaimOutcome::AlreadySent { .. }));
+    // A window that starts after f1 was sent counts only f5.
+    let later = store.claim(&[capped("f7", "u1", T0 + 21)]).await.unwrap();
+    assert_eq!(later, [SEND]);
+}
+
+async fn erasing_a_user_keeps_anonymous_counts_only(db: &Db) {
+    let store = &db.store;
+    let of = |id: &str, user: &str| Claim {
+        user_id: user.to_owned(),
+        ..claim(id, "sms", 1, T0)
+    };
+    store
+        .claim(&[of("g1", "u1"), of("g2", "u2")])
+        .await
+        .unwrap();
+    store
+        .record(&[
+            Record {
+                user_id: "u1".to_owned(),
+                ..record("g1", "sms", 1, sent("SM1", 0.0075, 1), T0 + 1)
+            },
+            Record {
+                user_id: "u2".to_owned(),
+                ..record("g2", "sms", 1, sent("SM2", 0.0075, 1), T0 + 1)
+            },
+        ])
+        .await
+        .unwrap();
+    let held = ScheduledEvent {
+        event_id: "g3".to_owned(),
+        class: "payment_reminder".to_owned(),
+        user_id: "u1".to_owned(),
+        due_at_ms: T0 + DAY,
+        reason: "send_at".to_owned(),
+        channel: "sms".to_owned(),
+        attempt: 0,
+        fallback_from: None,
+        priority: 5,
+        published_at_ms: None,
+        body: b"{}".to_vec(),
+        created_at_ms: T0,
+    };
+    store.schedule(&[held]).await.unwrap();
+    assert_eq!(store.erase_user("u1").await.unwrap(), (1, 1));
+    let v = view(store, "g1").await;
+    assert_eq!((v.user_id.as_str(), v.provider_id.as_deref()), ("", None));
+    assert_eq!(v.status, Status::Sent, "the count stays");
+    assert_eq!(v.attempt_log[0].provider_id, None);
+    assert!(store.scheduled("g3").await.unwrap().is_empty());
+    assert_eq!(
+        store.user_cost("u1", T0, T0 + DAY).await.unwrap().messages,
+        0
+    );
+    assert_eq!(view(store, "g2").await.user_id, "u2", "others untouched");
+    assert_eq!(store.erase_user("u1").await.unwrap(), (0, 0));
 }

@@ -16,8 +16,9 @@ use tracing::{debug, info, warn};
 use crate::backoff;
 use crate::messages::{Claim, Deliver, FallBack, Observe, Record, Release, SendOutcome, Submit};
 use crate::metrics::Outcome;
-use crate::model::{Channel, Job, SendError};
-use crate::ports::{Broker, DeadLetter, OutcomeRecord, RecordOutcome};
+use crate::model::{Channel, FailureKind, Job, SendError};
+use crate::pace::{self, Pace, SharedPacing};
+use crate::ports::{Broker, DeadLetter, KeptJob, OutcomeRecord, RecordOutcome};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
 use crate::ticket::Ticket;
@@ -40,13 +41,35 @@ pub struct ClassParams {
     pub max_delay: Duration,
     /// The channel a failed send falls back to, if the class has one.
     pub fallback: Option<Channel>,
+    /// Share the rate with every herald instance (Redis); `None` keeps it
+    /// in this process.
+    pub shared: Option<SharedPacing>,
+    /// Delivery receipts come back (the providers are given a callback
+    /// URL): record accepted sends so receipts find them, and keep an
+    /// accepted SMS's event for a fallback on `undelivered`.
+    pub receipts_expected: bool,
+}
+
+/// The record of `job`'s attempt with `outcome`, nothing else to do.
+fn outcome_record(job: &Job, outcome: RecordOutcome) -> OutcomeRecord {
+    OutcomeRecord {
+        event_id: job.event_id.clone(),
+        class: job.class.clone(),
+        user_id: job.user_id.clone(),
+        channel: job.channel,
+        attempt: job.attempt,
+        outcome,
+        opt_out: None,
+        keep_for_fallback: None,
+        track_receipts: false,
+    }
 }
 
 pub struct ClassSender {
     /// The class and channel served, with their limits and retry policy.
     params: ClassParams,
-    /// The class's own pace on this channel.
-    limiter: Gcra,
+    /// The class's own pace on this channel (burst 1).
+    limiter: Pace,
     /// Deliveries waiting for the limiter (at most the consumer's prefetch).
     waiting: VecDeque<Deliver>,
     /// A timer to pump again is armed.
@@ -63,7 +86,11 @@ impl ClassSender {
     pub fn new(params: ClassParams, registry: Registry, broker: Arc<dyn Broker>) -> ClassSender {
         ClassSender {
             span: tracing::info_span!("class_sender", class = %params.class, channel = %params.channel),
-            limiter: Gcra::per_minute(params.rate_per_min),
+            limiter: Pace::new(
+                Gcra::per_minute(params.rate_per_min),
+                pace::class_key(params.channel, &params.class),
+                params.shared.as_ref(),
+            ),
             params,
             waiting: VecDeque::new(),
             wake_armed: false,
@@ -75,7 +102,7 @@ impl ClassSender {
     /// Submits waiting deliveries while the class's limiter allows.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while !self.waiting.is_empty() {
-            if let Err(wait) = self.limiter.try_acquire(Instant::now()) {
+            if let Err(wait) = self.limiter.try_acquire(Instant::now(), self.waiting.len()) {
                 self.wake_after(wait, ctx);
                 return;
             }
@@ -119,23 +146,18 @@ impl ClassSender {
         ticket: Option<Ticket>,
         ctx: &mut Context<Self>,
     ) {
+        self.send_record(outcome_record(job, outcome), ticket, ctx);
+    }
+
+    /// [`record`](Self::record) with every field of the record given.
+    fn send_record(&self, record: OutcomeRecord, ticket: Option<Ticket>, ctx: &mut Context<Self>) {
         let Some(journal) = self.registry.journal() else {
             if let Some(t) = ticket {
                 t.ack();
             }
             return;
         };
-        let record = Record {
-            record: OutcomeRecord {
-                event_id: job.event_id.clone(),
-                class: job.class.clone(),
-                user_id: job.user_id.clone(),
-                channel: job.channel,
-                attempt: job.attempt,
-                outcome,
-            },
-            ticket,
-        };
+        let record = Record { record, ticket };
         if let Err(record) = send_or_return(Some(journal), record) {
             // Restarting: keep the record (and its ticket) and try again.
             ctx.notify_later(record, PROVIDER_RETRY);
@@ -202,21 +224,26 @@ impl ClassSender {
         } else {
             error.kind.label()
         };
-        let email_ok = job.to_email.is_some();
+        // The provider says the recipient opted out: on the list it goes.
+        let opt_out = (error.kind == FailureKind::Unsubscribed)
+            .then(|| job.suppression_address())
+            .flatten();
+        // A frequency cap is the user's, whatever the channel: no fallback.
+        let email_ok = job.to_email.is_some() && error.kind != FailureKind::FrequencyCap;
         if let Some(to) = p
             .fallback
             .filter(|_| job.fallback_from.is_none() && email_ok)
         {
             info!(%error, to = %to, "send failed; falling back");
             self.observe_outcome(Outcome::Fallback);
-            self.record(
-                &job,
-                RecordOutcome::Fallback {
-                    error: error.to_string(),
-                },
-                None,
-                ctx,
-            );
+            let outcome = RecordOutcome::Fallback {
+                error: error.to_string(),
+            };
+            let record = OutcomeRecord {
+                opt_out,
+                ..outcome_record(&job, outcome)
+            };
+            self.send_record(record, None, ctx);
             let msg = FallBack {
                 job,
                 ticket,
@@ -227,6 +254,19 @@ impl ClassSender {
             if let Some(fb) = self.registry.fallback() {
                 fb.do_send(msg);
             }
+            return;
+        }
+        if error.kind.is_opt_out() {
+            info!(%error, "recipient opted out; not sending");
+            self.observe_outcome(Outcome::Suppressed);
+            let outcome = RecordOutcome::Suppressed {
+                reason: error.kind.label(),
+            };
+            let record = OutcomeRecord {
+                opt_out,
+                ..outcome_record(&job, outcome)
+            };
+            self.send_record(record, Some(ticket), ctx);
             return;
         }
         warn!(%error, reason, "send failed; dead-lettering");
@@ -306,7 +346,23 @@ impl Handler<SendOutcome> for ClassSender {
                     cost_usd: sent.cost_usd,
                     units: sent.units,
                 };
-                self.record(&job, outcome, Some(ticket), ctx);
+                // An SMS may still come back undelivered: keep the event for
+                // its email fallback until the receipt says.
+                let keep = self.params.receipts_expected
+                    && self.params.fallback == Some(Channel::Email)
+                    && job.channel == Channel::Sms
+                    && job.fallback_from.is_none()
+                    && job.to_email.is_some();
+                let record = OutcomeRecord {
+                    track_receipts: self.params.receipts_expected,
+                    keep_for_fallback: keep.then(|| KeptJob {
+                        priority: job.amqp_priority,
+                        published_at_ms: job.published_at_ms,
+                        raw: job.raw.clone(),
+                    }),
+                    ..outcome_record(&job, outcome)
+                };
+                self.send_record(record, Some(ticket), ctx);
             }
             Err(e) => self.on_failure(job, ticket, e, ctx),
         }

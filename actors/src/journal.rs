@@ -27,7 +27,8 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::messages::{Claim, IsIdle, Observe, Record, Submit};
+use crate::messages::{Claim, IsIdle, Observe, Record, SendOutcome, Submit};
+use crate::model::{FailureKind, SendError};
 use crate::ports::{ClaimRequest, ClaimVerdict, DeliveryLog, JournalError};
 use crate::registry::{send_or_return, Registry};
 
@@ -238,6 +239,36 @@ impl Journal {
                     });
                 }
                 self.submit(submit, ctx);
+            }
+            ClaimVerdict::Suppressed | ClaimVerdict::Capped => {
+                // The class sender decides, as for a provider's opt-out:
+                // fall back or record it suppressed. The event stays in
+                // flight here until that record commits.
+                let error = if verdict == ClaimVerdict::Capped {
+                    SendError::new(
+                        FailureKind::FrequencyCap,
+                        "the user had the class's most messages in its window",
+                    )
+                } else {
+                    SendError::new(
+                        FailureKind::Suppressed,
+                        "recipient is on the suppression list",
+                    )
+                };
+                let outcome = SendOutcome {
+                    job: submit.job,
+                    ticket: submit.ticket,
+                    result: Err(error),
+                };
+                let sender = self
+                    .registry
+                    .sender(outcome.job.channel, &outcome.job.class);
+                if let Err(outcome) = send_or_return(sender, outcome) {
+                    // Restarting: the broker delivers it again.
+                    let id = outcome.job.event_id.clone();
+                    outcome.ticket.requeue();
+                    self.done(&id, ctx);
+                }
             }
             ClaimVerdict::AlreadySent | ClaimVerdict::AlreadyFinal => {
                 info!(event_id = %job.event_id, class = %job.class, ?verdict, "already handled; not sending again");

@@ -6,6 +6,8 @@
 //! - [`ticket`]: the settle-once handle for a broker delivery.
 //! - [`ports`]: what the actors need from the edges (broker publishes, queue stats).
 //! - [`rate_limiter`]: GCRA, the limiter behind every class and provider rate.
+//! - [`pace`]: a limit as the actors obey it: local, or shared by every
+//!   instance through Redis with a local fallback.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`segments`]: SMS segment counting (GSM-7 / UCS-2) for cost.
 //! - [`metrics`]: the Prometheus families SPEC.md names.
@@ -24,6 +26,7 @@ pub mod messages;
 pub mod metrics;
 pub mod metrics_actor;
 pub mod model;
+pub mod pace;
 pub mod ports;
 pub mod provider;
 pub mod rate_limiter;

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use prometheus::{
-    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    CounterVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 use crate::model::Channel;
+use crate::pace::SharedStatus;
 
 /// What became of one provider attempt (`outcome` label of
 /// `herald_deliveries_total`).
@@ -22,6 +24,8 @@ pub enum Outcome {
     Fallback,
     /// A failure that ended in the dead-letter queue.
     DeadLetter,
+    /// Not sent: the recipient opted out on this channel.
+    Suppressed,
 }
 
 impl Outcome {
@@ -31,6 +35,7 @@ impl Outcome {
             Outcome::Retry => "retry",
             Outcome::Fallback => "fallback",
             Outcome::DeadLetter => "dead_letter",
+            Outcome::Suppressed => "suppressed",
         }
     }
 }
@@ -50,6 +55,9 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     pub outcome_unknown: IntCounterVec,
     pub duplicates_suppressed: IntCounterVec,
+    pub webhooks: IntCounterVec,
+    pub deferred: IntCounterVec,
+    pub scheduled: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -144,6 +152,27 @@ impl Metrics {
                 &["channel", "class"],
             )
             .expect("valid metric"),
+            webhooks: IntCounterVec::new(
+                Opts::new(
+                    "herald_webhooks_total",
+                    "Provider webhook requests, by provider and result (applied, ignored, replayed, bad_signature, stale, malformed, unconfigured, store_error).",
+                ),
+                &["provider", "result"],
+            )
+            .expect("valid metric"),
+            deferred: IntCounterVec::new(
+                Opts::new(
+                    "herald_deferred_total",
+                    "Events held in the schedule until their time, by reason (send_at, local_time, quiet_hours).",
+                ),
+                &["class", "reason"],
+            )
+            .expect("valid metric"),
+            scheduled: prometheus::IntGauge::new(
+                "herald_scheduled_events",
+                "Events held in the schedule now (the scheduler's backlog).",
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -158,6 +187,9 @@ impl Metrics {
             Box::new(m.actor_restarts.clone()),
             Box::new(m.outcome_unknown.clone()),
             Box::new(m.duplicates_suppressed.clone()),
+            Box::new(m.webhooks.clone()),
+            Box::new(m.deferred.clone()),
+            Box::new(m.scheduled.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
@@ -173,6 +205,7 @@ impl Metrics {
                 Outcome::Retry,
                 Outcome::Fallback,
                 Outcome::DeadLetter,
+                Outcome::Suppressed,
             ] {
                 self.deliveries
                     .with_label_values(&[ch.as_str(), class, outcome.label()]);
@@ -187,6 +220,32 @@ impl Metrics {
         }
     }
 
+    /// Registers `herald_rate_limit_degraded_total` (transitions from the
+    /// shared limits to the local fallback) and `herald_rate_limit_shared`
+    /// (1 while the limits are shared, 0 while degraded), and returns the
+    /// status they mirror. Only an engine with Redis calls this (once):
+    /// without Redis both families are absent, since "not degraded" and
+    /// "not shared" would both mislead.
+    pub fn shared_limits(&self) -> Arc<SharedStatus> {
+        let degraded = IntCounter::new(
+            "herald_rate_limit_degraded_total",
+            "Times the shared (Redis) rate limits became unreachable and each limit fell back to its local share.",
+        )
+        .expect("valid metric");
+        let shared = IntGauge::new(
+            "herald_rate_limit_shared",
+            "1 while rate limits are shared through Redis, 0 while each instance keeps its local share.",
+        )
+        .expect("valid metric");
+        self.registry
+            .register(Box::new(degraded.clone()))
+            .expect("shared limits registered once");
+        self.registry
+            .register(Box::new(shared.clone()))
+            .expect("shared limits registered once");
+        SharedStatus::new(degraded, shared)
+    }
+
     /// The text exposition of every family.
     pub fn encode(&self) -> String {
         use prometheus::Encoder;
@@ -195,5 +254,34 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding never fails");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::LimitsUnavailable;
+
+    #[test]
+    fn shared_limit_families_exist_only_with_redis() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("herald_rate_limit_"));
+        let status = m.shared_limits();
+        let text = m.encode();
+        assert!(text.contains("herald_rate_limit_shared 1"), "{text}");
+        assert!(
+            text.contains("herald_rate_limit_degraded_total 0"),
+            "{text}"
+        );
+        status.degraded(&LimitsUnavailable("down".into()));
+        status.degraded(&LimitsUnavailable("still down".into()));
+        let text = m.encode();
+        assert!(text.contains("herald_rate_limit_shared 0"), "{text}");
+        assert!(
+            text.contains("herald_rate_limit_degraded_total 1"),
+            "{text}"
+        );
+        status.recovered();
+        assert!(m.encode().contains("herald_rate_limit_shared 1"));
     }
 }

@@ -74,6 +74,10 @@ pub struct Job {
     pub raw: Arc<[u8]>,
     /// When the event was published (AMQP timestamp, ms since the epoch), if set.
     pub published_at_ms: Option<u64>,
+    /// `send_at` (ms since the epoch): not to be sent before.
+    pub send_at_ms: Option<i64>,
+    /// The recipient's IANA time zone (`to.timezone`), validated.
+    pub timezone: Option<Arc<str>>,
 }
 
 impl Job {
@@ -83,6 +87,22 @@ impl Job {
             Channel::Sms => self.to_phone.as_deref(),
             Channel::Email => self.to_email.as_deref(),
         }
+    }
+
+    /// The recipient as the suppression list keys it.
+    pub fn suppression_address(&self) -> Option<String> {
+        self.recipient()
+            .map(|a| suppression_address(self.channel, a))
+    }
+}
+
+/// An address as the suppression list keys it: a phone number as given
+/// (events carry E.164, and so do Twilio's webhooks), an email address
+/// trimmed and lower-cased (providers report it in any case).
+pub fn suppression_address(channel: Channel, address: &str) -> String {
+    match channel {
+        Channel::Sms => address.trim().to_owned(),
+        Channel::Email => address.trim().to_lowercase(),
     }
 }
 
@@ -136,6 +156,12 @@ pub enum FailureKind {
     InvalidRecipient,
     /// The recipient opted out (Twilio 21610).
     Unsubscribed,
+    /// The recipient is on herald's suppression list for the channel: the
+    /// provider was not called.
+    Suppressed,
+    /// The user already had the class's cap of messages in its window: the
+    /// provider was not called.
+    FrequencyCap,
     /// Any other permanent refusal (Twilio 21608, 21635, 4xx; Resend 4xx).
     Rejected,
     /// Credentials refused (401/403).
@@ -162,6 +188,15 @@ impl FailureKind {
         )
     }
 
+    /// Whether the recipient must not be sent to on this channel: the
+    /// event ends `suppressed` (or falls back), never dead-lettered.
+    pub fn is_opt_out(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Unsubscribed | FailureKind::Suppressed | FailureKind::FrequencyCap
+        )
+    }
+
     /// What an HTTP status alone says, when the provider gave no code that
     /// says more.
     pub fn from_http_status(status: u16) -> FailureKind {
@@ -180,6 +215,8 @@ impl FailureKind {
         match self {
             FailureKind::InvalidRecipient => "invalid_recipient",
             FailureKind::Unsubscribed => "unsubscribed",
+            FailureKind::Suppressed => "suppressed",
+            FailureKind::FrequencyCap => "frequency_cap",
             FailureKind::Rejected => "rejected",
             FailureKind::Unauthorized => "unauthorized",
             FailureKind::Throttled => "throttled",

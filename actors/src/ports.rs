@@ -69,6 +69,8 @@ pub struct ClaimRequest {
     pub channel: Channel,
     pub attempt: u32,
     pub fallback_from: Option<Channel>,
+    /// The recipient as the suppression list keys it.
+    pub address: Option<String>,
 }
 
 impl ClaimRequest {
@@ -80,6 +82,7 @@ impl ClaimRequest {
             channel: job.channel,
             attempt: job.attempt,
             fallback_from: job.fallback_from,
+            address: job.suppression_address(),
         }
     }
 }
@@ -94,6 +97,10 @@ pub enum ClaimVerdict {
     AlreadySent,
     /// The event already ended for good (dead-lettered, suppressed).
     AlreadyFinal,
+    /// The recipient is on the suppression list for this channel.
+    Suppressed,
+    /// The user already had the class's cap of messages in its window.
+    Capped,
 }
 
 /// What became of an attempt, for the journal.
@@ -114,6 +121,11 @@ pub enum RecordOutcome {
         reason: &'static str,
         error: String,
     },
+    /// Not sent: the recipient opted out (`reason`: `suppressed`, or
+    /// `unsubscribed` when the provider said so).
+    Suppressed {
+        reason: &'static str,
+    },
 }
 
 /// One outcome to record.
@@ -125,6 +137,22 @@ pub struct OutcomeRecord {
     pub channel: Channel,
     pub attempt: u32,
     pub outcome: RecordOutcome,
+    /// The provider said this address (normalised) opted out on the
+    /// record's channel: put it on the suppression list.
+    pub opt_out: Option<String>,
+    /// Keep the event for a fallback should a receipt say undelivered.
+    pub keep_for_fallback: Option<KeptJob>,
+    /// Receipts will come for this accepted send: make it findable by its
+    /// provider id.
+    pub track_receipts: bool,
+}
+
+/// An accepted SMS's event, as published, kept for a later fallback.
+#[derive(Clone, Debug)]
+pub struct KeptJob {
+    pub priority: u8,
+    pub published_at_ms: Option<u64>,
+    pub raw: Arc<[u8]>,
 }
 
 /// The delivery store, as the journal actor uses it. Each call is one
@@ -135,4 +163,41 @@ pub trait DeliveryLog: Send + Sync + 'static {
         claims: Vec<ClaimRequest>,
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>>;
     fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>>;
+}
+
+/// Slots a shared rate limit handed out. Durations count from when the
+/// store answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Slots reserved (0..=`want`): the first may be used after `starts_in`,
+    /// each next one `emission` after the one before.
+    pub granted: u32,
+    /// How long until the first granted slot conforms (zero: now).
+    pub starts_in: Duration,
+    /// How long until another acquire would be granted a slot.
+    pub ask_after: Duration,
+}
+
+/// The shared rate-limit store did not answer (connection error, timeout).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("shared rate limits unavailable: {0}")]
+pub struct LimitsUnavailable(pub String);
+
+/// Rate-limit state shared by every herald instance (Redis in production).
+/// A limit is a GCRA keyed by name: requests are `emission` apart at the
+/// sustained rate, and may run up to `tolerance` ahead of it.
+pub trait SharedLimits: Send + Sync + 'static {
+    /// Reserves up to `want` slots of the limit `key` that conform within
+    /// `lead` from now (a caller asking ahead of its next slot keeps its
+    /// place in the schedule however late its timers fire). Resolves within
+    /// the implementation's own timeout: a store that does not answer in
+    /// time is `LimitsUnavailable`, never a hang.
+    fn acquire(
+        &self,
+        key: Arc<str>,
+        emission: Duration,
+        tolerance: Duration,
+        want: u32,
+        lead: Duration,
+    ) -> BoxFuture<'static, Result<Grant, LimitsUnavailable>>;
 }

@@ -12,6 +12,7 @@ use tracing::debug;
 
 use crate::messages::{Observe, SendOutcome, Sent, Submit};
 use crate::model::{Channel, FailureKind, Outbound, ProviderClient, SendError};
+use crate::pace::{self, Pace, SharedPacing};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
 use crate::segments;
@@ -34,6 +35,9 @@ pub struct ProviderParams {
     pub rate_per_sec: f64,
     /// USD per SMS segment, or per email.
     pub cost_per_unit_usd: f64,
+    /// Share the account-wide rate with every herald instance (Redis);
+    /// `None` keeps it in this process.
+    pub shared: Option<SharedPacing>,
 }
 
 pub struct Provider {
@@ -41,8 +45,9 @@ pub struct Provider {
     params: ProviderParams,
     /// The provider's client (Twilio, Resend, sandbox or a test double).
     client: Arc<dyn ProviderClient>,
-    /// The account-wide rate, shared by every class.
-    limiter: Option<Gcra>,
+    /// The account-wide rate, shared by every class (and, with Redis, by
+    /// every instance).
+    limiter: Option<Pace>,
     /// Waiting submissions, by class priority: the lowest number goes first.
     waiting: BTreeMap<u8, VecDeque<Submit>>,
     /// Requests open now.
@@ -65,7 +70,13 @@ impl Provider {
         client: Arc<dyn ProviderClient>,
         registry: Registry,
     ) -> Provider {
-        let limiter = (params.rate_per_sec > 0.0).then(|| Gcra::per_second(params.rate_per_sec));
+        let limiter = (params.rate_per_sec > 0.0).then(|| {
+            Pace::new(
+                Gcra::per_second(params.rate_per_sec),
+                pace::provider_key(params.channel),
+                params.shared.as_ref(),
+            )
+        });
         Provider {
             span: tracing::info_span!("provider", channel = %params.channel),
             params,
@@ -92,7 +103,10 @@ impl Provider {
                 return;
             }
             if let Some(limiter) = &mut self.limiter {
-                if let Err(wait) = limiter.try_acquire(now) {
+                // As many as are waiting and could start now.
+                let waiting: usize = self.waiting.values().map(VecDeque::len).sum();
+                let room = (self.params.max_concurrency - self.in_flight) as usize;
+                if let Err(wait) = limiter.try_acquire(now, waiting.min(room)) {
                     self.wake_at(wait, ctx);
                     return;
                 }

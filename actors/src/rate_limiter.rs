@@ -58,6 +58,23 @@ impl Gcra {
         self.emission
     }
 
+    /// How far ahead of the sustained rate requests may run (the burst,
+    /// as time): `(burst - 1) * emission`.
+    pub fn tolerance(&self) -> Duration {
+        self.tolerance
+    }
+
+    /// The same limit shared out among `n` instances: each gets `1/n` of
+    /// the rate, and a burst over the same stretch of time (so `1/n` of it,
+    /// never below one request). Starts with every slot free.
+    pub fn divided(&self, n: u32) -> Gcra {
+        Gcra {
+            emission: self.emission.saturating_mul(n.max(1)),
+            tolerance: self.tolerance,
+            tat: None,
+        }
+    }
+
     /// Takes one slot if one is free at `now`; otherwise says how long to
     /// wait before one will be.
     pub fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
@@ -97,6 +114,22 @@ mod tests {
             assert!(g.try_acquire(start).is_ok());
         }
         assert!(g.try_acquire(start).is_err());
+    }
+
+    #[test]
+    fn divided_keeps_a_share_of_the_rate_and_the_burst() {
+        let start = Instant::now();
+        let mut g = Gcra::per_minute(600).divided(3);
+        assert_eq!(g.emission(), Duration::from_millis(300));
+        assert_eq!(g.tolerance(), Duration::ZERO);
+        assert!(g.try_acquire(start).is_ok());
+        assert_eq!(g.try_acquire(start), Err(Duration::from_millis(300)));
+
+        // 60/s with a one-second burst: 20/s each, still a one-second burst.
+        let mut g = Gcra::per_second(60.0).divided(3);
+        let admitted = (0..100).filter(|_| g.try_acquire(start).is_ok()).count();
+        assert_eq!(admitted, 20);
+        assert_eq!(Gcra::per_minute(0).divided(4).emission(), Duration::MAX);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! decodes its deliveries, dead-letters what cannot be delivered, and hands
 //! the rest, with a [`Ticket`], to the class sender of the job's channel.
 //! Acks and requeues go back on the channel that delivered, from one settle
-//! task per consumer.
+//! task per consumer, which coalesces runs of acks into one multiple-ack
+//! ([`super::acks`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,18 +18,25 @@ use herald_actors::ticket::{Disposition, Settle, Ticket};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::Acker;
 use lapin::Connection;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::acks::{AckWindow, Frame};
 use super::publisher::{headers, Publisher};
 use super::{header_str, header_u64};
 use crate::config::Config;
 use crate::event::{self, Envelope, Rejection};
+use crate::schedule;
+use crate::scheduler::{self, Scheduling, DUE_HEADER};
 
 /// How long to wait between looks for a class sender being restarted.
 const SENDER_WAIT: Duration = Duration::from_millis(25);
+/// How long acks may wait behind one slow delivery before they are sent one
+/// by one.
+const STRAGGLER_WAIT: Duration = Duration::from_millis(20);
+/// The most settlements taken from the queue at once.
+const SETTLE_BATCH: usize = 1024;
 /// The metric label for events whose class is not configured.
 pub const UNKNOWN_CLASS: &str = "unknown";
 
@@ -39,6 +47,8 @@ pub struct ConsumeContext {
     pub publisher: Publisher,
     /// Deliveries handed out and not yet settled (for graceful shutdown).
     pub outstanding: Arc<AtomicUsize>,
+    /// Where events that must wait are held.
+    pub scheduling: Scheduling,
 }
 
 /// A running consumer: enough to cancel it and to know when it ended.
@@ -68,16 +78,78 @@ impl Source {
     }
 }
 
+/// A settlement on its way to the consumer's settle task.
+type Settled = (u64, Disposition);
+
 struct LapinSettle {
-    acker: Acker,
-    tx: mpsc::UnboundedSender<(Acker, Disposition)>,
+    tag: u64,
+    tx: mpsc::UnboundedSender<Settled>,
     outstanding: Arc<AtomicUsize>,
 }
 
 impl Settle for LapinSettle {
     fn settle(self: Box<Self>, disposition: Disposition) {
         self.outstanding.fetch_sub(1, Ordering::SeqCst);
-        let _ = self.tx.send((self.acker, disposition));
+        let _ = self.tx.send((self.tag, disposition));
+    }
+}
+
+/// Settles the channel's deliveries with the broker: each wake-up takes
+/// every settlement queued, and sends requeues alone and runs of acks as one
+/// multiple-ack.
+async fn settle_task(channel: lapin::Channel, mut rx: mpsc::UnboundedReceiver<Settled>) {
+    let mut window = AckWindow::new();
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    let mut frames = Vec::new();
+    loop {
+        let got = if window.has_stragglers() {
+            match tokio::time::timeout(STRAGGLER_WAIT, rx.recv_many(&mut batch, SETTLE_BATCH)).await
+            {
+                Ok(n) => n,
+                Err(_) => {
+                    window.flush_stragglers(&mut frames);
+                    send_frames(&channel, &mut frames).await;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv_many(&mut batch, SETTLE_BATCH).await
+        };
+        if got == 0 {
+            break;
+        }
+        for (tag, disposition) in batch.drain(..) {
+            window.settle(tag, disposition, &mut frames);
+        }
+        window.advance(&mut frames);
+        send_frames(&channel, &mut frames).await;
+    }
+    // Every ticket is gone: whatever is still held is sent one by one.
+    window.flush_stragglers(&mut frames);
+    send_frames(&channel, &mut frames).await;
+}
+
+async fn send_frames(channel: &lapin::Channel, frames: &mut Vec<Frame>) {
+    for frame in frames.drain(..) {
+        let res = match frame {
+            Frame::Ack { tag, multiple } => {
+                channel.basic_ack(tag, BasicAckOptions { multiple }).await
+            }
+            Frame::Requeue { tag } => {
+                channel
+                    .basic_nack(
+                        tag,
+                        BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        },
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = res {
+            warn!(error = %e, "could not settle deliveries; the broker will redeliver them");
+        }
     }
 }
 
@@ -103,25 +175,8 @@ pub async fn start(
             FieldTable::default(),
         )
         .await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Acker, Disposition)>();
-    tokio::spawn(async move {
-        while let Some((acker, disposition)) = rx.recv().await {
-            let res = match disposition {
-                Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
-                Disposition::Requeue => {
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = res {
-                warn!(error = %e, "could not settle a delivery; the broker will redeliver it");
-            }
-        }
-    });
+    let (tx, rx) = mpsc::unbounded_channel::<Settled>();
+    tokio::spawn(settle_task(channel.clone(), rx));
     info!(queue, prefetch, "consuming");
     let done = Arc::new(tokio::sync::Notify::new());
     let running = Running {
@@ -149,18 +204,18 @@ async fn handle(
     ctx: &ConsumeContext,
     source: &Source,
     delivery: Delivery,
-    tx: &mpsc::UnboundedSender<(Acker, Disposition)>,
+    tx: &mpsc::UnboundedSender<Settled>,
 ) {
     let Delivery {
+        delivery_tag,
         routing_key,
         properties,
         data,
-        acker,
         ..
     } = delivery;
     ctx.outstanding.fetch_add(1, Ordering::SeqCst);
     let ticket = Ticket::new(LapinSettle {
-        acker,
+        tag: delivery_tag,
         tx: tx.clone(),
         outstanding: ctx.outstanding.clone(),
     });
@@ -176,6 +231,7 @@ async fn handle(
         fallback_from: header_str(h, headers::FALLBACK_FROM).and_then(Channel::parse),
         priority: properties.priority().unwrap_or(0),
         published_at_ms: properties.timestamp().map(|s| s * 1000),
+        released: header_u64(h, DUE_HEADER).is_some(),
     };
     let decoded = match source {
         Source::Unrouted => Err(Rejection {
@@ -211,6 +267,10 @@ async fn handle(
         }
         Err(rejection) => return reject(ctx, envelope, data, rejection, ticket),
     };
+    let s = &ctx.scheduling;
+    if let Some(hold) = schedule::hold(&ctx.config, &job, envelope.released, s.clock.now_ms()) {
+        return scheduler::defer(s, &job, hold, ticket);
+    }
     let mut msg = Deliver { job, ticket };
     loop {
         let sender = ctx.registry.sender(msg.job.channel, &msg.job.class);

@@ -1,6 +1,7 @@
 //! The broker edge: topology, consumers and the confirmed publisher, over
 //! lapin.
 
+pub mod acks;
 pub mod consumer;
 pub mod link;
 pub mod publisher;

@@ -15,6 +15,7 @@
 //! Behaviour is programmable per recipient ([`FakeTwilio::script_for`]),
 //! by default response, latency and a seeded error rate.
 
+pub mod callbacks;
 mod resend;
 mod twilio;
 
@@ -32,6 +33,12 @@ use rand::{Rng, SeedableRng};
 
 pub use resend::FakeResend;
 pub use twilio::FakeTwilio;
+
+/// The credentials the fakes are started with in the tests and the bench
+/// (and a `herald run` child is given to reach them).
+pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const TWILIO_TOKEN: &str = "test-auth-token";
+pub const RESEND_KEY: &str = "re_test_key";
 
 /// One request as the fake received it.
 #[derive(Clone, Debug, PartialEq)]

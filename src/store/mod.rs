@@ -33,9 +33,14 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 pub use error::StoreError;
 pub use model::{
-    now_ms, AttemptView, ChannelCost, Claim, ClaimOutcome, MessageView, Outcome, Record, Status,
-    UserCost,
+    now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, FrequencyCap, KeptEvent,
+    MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
+    SuppressionAction, SuppressionChange, SuppressionView, UserCost,
 };
+
+/// How long an accepted SMS's event is kept for a fallback on an
+/// undelivered receipt (carriers report within hours; three days is ample).
+pub const KEEP_FOR_RECEIPT_MS: i64 = 3 * 24 * 3600 * 1000;
 
 /// The default store, relative to the working directory.
 pub const DEFAULT_URL: &str = "sqlite://data/herald.db";
@@ -141,6 +146,90 @@ impl Store {
         dispatch!(self, record(records))
     }
 
+    /// Applies changes to the suppression list in one transaction, each
+    /// audited if it changed the list; returns which did.
+    pub async fn change_suppressions(
+        &self,
+        changes: &[SuppressionChange],
+    ) -> Result<Vec<bool>, StoreError> {
+        let changed = dispatch!(self, change_suppressions(changes, None))?;
+        Ok(changed.unwrap_or_default())
+    }
+
+    /// The same for a webhook delivery `id`, once: `None` if that delivery
+    /// was processed before (a replay), and then nothing changes.
+    pub async fn change_suppressions_once(
+        &self,
+        id: &str,
+        changes: &[SuppressionChange],
+    ) -> Result<Option<Vec<bool>>, StoreError> {
+        let now = now_ms();
+        dispatch!(self, change_suppressions(changes, Some((id, now))))
+    }
+
+    /// Holds events until their time (one transaction); an event already
+    /// held for its class is held anew.
+    pub async fn schedule(&self, events: &[ScheduledEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, schedule(events))
+    }
+
+    /// Held events due at `now_ms`, earliest first, at most `limit`.
+    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<ScheduledEvent>, StoreError> {
+        dispatch!(self, due(now_ms, limit))
+    }
+
+    /// One event's held entries (one per class it was published to).
+    pub async fn scheduled(&self, event_id: &str) -> Result<Vec<ScheduledEvent>, StoreError> {
+        dispatch!(self, scheduled(event_id))
+    }
+
+    /// Drops entries published again (those held anew since stay).
+    pub async fn unschedule(&self, events: &[ScheduledEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, unschedule(events))
+    }
+
+    /// GDPR erasure of one user: their messages keep their status, class,
+    /// channel and cost (anonymous counts) but lose the user id and the
+    /// provider ids; their held events are deleted, never to be sent.
+    /// Returns (messages anonymised, held events deleted). The suppression
+    /// list is keyed by address, not user, and stays (an opt-out outlives
+    /// the account).
+    pub async fn erase_user(&self, user_id: &str) -> Result<(u64, u64), StoreError> {
+        if user_id.is_empty() {
+            return Ok((0, 0));
+        }
+        dispatch!(self, erase_user(user_id))
+    }
+
+    /// Applies a provider's delivery receipt: the message's delivery status
+    /// moves forward only (a late or repeated receipt is `Stale`). A final
+    /// failure of an SMS whose event was kept schedules its email fallback
+    /// (in the same transaction: the scheduler publishes it), once.
+    pub async fn receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, StoreError> {
+        dispatch!(self, receipt(receipt))
+    }
+
+    /// How many events are held.
+    pub async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        dispatch!(self, scheduled_count())
+    }
+
+    /// The suppression list, newest first, at most `limit` entries.
+    pub async fn suppressions(&self, limit: u32) -> Result<Vec<SuppressionView>, StoreError> {
+        dispatch!(self, suppressions(limit))
+    }
+
+    /// Every change to one address's suppression, oldest first.
+    pub async fn audit(&self, address: &str) -> Result<Vec<AuditView>, StoreError> {
+        dispatch!(self, audit(address))
+    }
+
     /// Makes a `dead_lettered` or `outcome_unknown` message claimable again
     /// (status `retrying`), for a DLQ replay. False if there is no such
     /// message in one of those statuses (`sent` and `suppressed` are never
@@ -189,6 +278,11 @@ impl Store {
         let batch = batch.max(1);
         let delivered = dispatch!(self, purge(sql::PURGE_SENT, delivered_before_ms, batch))?;
         let failed = dispatch!(self, purge(sql::PURGE_FAILED, failed_before_ms, batch))?;
+        // Events kept for a receipt's fallback hold addresses: kept no
+        // longer than a receipt can take to come.
+        let kept = delivered_before_ms.max(now_ms() - KEEP_FOR_RECEIPT_MS);
+        dispatch!(self, purge(sql::PURGE_FALLBACK, kept, batch))?;
+        dispatch!(self, purge(sql::PURGE_RECEIPT_KEYS, kept, batch))?;
         Ok(delivered + failed)
     }
 }
@@ -298,6 +392,30 @@ fn count(value: i64) -> u32 {
     u32::try_from(value.max(0)).unwrap_or(u32::MAX)
 }
 
+pub(crate) fn scheduled_from_row<R>(row: &R) -> Result<ScheduledEvent, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ScheduledEvent {
+        event_id: row.try_get("event_id")?,
+        class: row.try_get("class")?,
+        user_id: row.try_get("user_id")?,
+        due_at_ms: row.try_get("due_at")?,
+        reason: row.try_get("reason")?,
+        channel: row.try_get("channel")?,
+        attempt: count(row.try_get("attempt")?),
+        fallback_from: row.try_get("fallback_from")?,
+        priority: u8::try_from(row.try_get::<i64, _>("priority")?).unwrap_or(0),
+        published_at_ms: row.try_get("published_at")?,
+        body: row.try_get("body")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
 pub(crate) fn message_from_row<R>(row: &R) -> Result<MessageView, StoreError>
 where
     R: Row,
@@ -322,6 +440,8 @@ where
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
         finished_at_ms: row.try_get("finished_at")?,
+        delivery: row.try_get("delivery")?,
+        delivery_error: row.try_get("delivery_error")?,
         attempt_log: Vec::new(),
     })
 }
@@ -373,6 +493,8 @@ mod tests {
             channel,
             attempt,
             fallback_from: None,
+            address: None,
+            cap: None,
             now_ms,
         }
     }
@@ -424,6 +546,9 @@ mod tests {
                     cost_usd: 0.0075,
                     segments: 1,
                 },
+                opt_out: None,
+                keep_for_fallback: None,
+                track_receipts: false,
                 now_ms: 20,
             }])
             .await

@@ -105,8 +105,22 @@ pub struct Claim {
     pub attempt: u32,
     /// The channel this claim falls back from, if it is a fallback send.
     pub fallback_from: Option<&'static str>,
+    /// The recipient on `channel`, normalised (see
+    /// `herald_actors::model::suppression_address`): a claim to a
+    /// suppressed address is refused.
+    pub address: Option<String>,
+    /// The class's frequency cap, if it has one.
+    pub cap: Option<FrequencyCap>,
     /// The time of the claim.
     pub now_ms: i64,
+}
+
+/// At most `max` messages of a class per user since `since_ms` (sent, or
+/// being sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub max: u32,
+    pub since_ms: i64,
 }
 
 /// What a claim decided.
@@ -130,6 +144,133 @@ pub enum ClaimOutcome {
         /// The final status found.
         status: Status,
     },
+    /// The recipient is on the suppression list for this channel: do not
+    /// send. Nothing is written; the caller records what it does instead
+    /// (`suppressed`, or a fallback).
+    Suppressed,
+    /// The user already had the class's cap of messages in its window: do
+    /// not send. Nothing is written.
+    Capped,
+}
+
+/// An event as published, kept for a later fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptEvent {
+    pub priority: u8,
+    pub published_at_ms: Option<i64>,
+    pub body: Vec<u8>,
+}
+
+/// A provider's report on a message it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Twilio's `MessageSid`, Resend's `email_id`.
+    pub provider_id: String,
+    /// The provider's status word (`delivered`, `undelivered`, ...).
+    pub status: String,
+    /// Its order: a receipt applies only over a lower rank, so late and
+    /// repeated callbacks never move a message backwards.
+    pub rank: i64,
+    /// The provider's error code, if any.
+    pub error: Option<String>,
+    /// A final failure (`undelivered`, `failed`): an SMS with a kept event
+    /// falls back to email.
+    pub failed: bool,
+    pub now_ms: i64,
+}
+
+/// What a receipt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// No message has this provider id.
+    Unknown,
+    /// The message already had this or a later status.
+    Stale,
+    /// Applied; `fallback`: an email fallback was scheduled.
+    Applied { fallback: bool },
+}
+
+/// An event held until a time, exactly as it will be published again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduledEvent {
+    pub event_id: String,
+    pub class: String,
+    pub user_id: String,
+    /// When to publish it again (ms since the epoch).
+    pub due_at_ms: i64,
+    /// `send_at`, `local_time` or `quiet_hours`.
+    pub reason: String,
+    /// The channel of the attempt it waits for (`x-herald-channel`).
+    pub channel: String,
+    /// Provider attempts already made (`x-herald-attempt`).
+    pub attempt: u32,
+    /// `x-herald-fallback-from`.
+    pub fallback_from: Option<String>,
+    /// The AMQP priority it was published with.
+    pub priority: u8,
+    /// The original publish time (ms), if it had one.
+    pub published_at_ms: Option<i64>,
+    /// The event body as published.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub created_at_ms: i64,
+}
+
+/// Adding an address to the suppression list, or taking it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionAction {
+    Suppress,
+    Allow,
+}
+
+impl SuppressionAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionAction::Suppress => "suppress",
+            SuppressionAction::Allow => "allow",
+        }
+    }
+}
+
+/// One change to the suppression list, audited as it is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionChange {
+    /// Normalised address (E.164 phone, lower-cased email).
+    pub address: String,
+    /// `"sms"` or `"email"`.
+    pub channel: &'static str,
+    pub action: SuppressionAction,
+    /// Who: `twilio`, `resend`, `admin`, `herald`.
+    pub actor: String,
+    /// What: `inbound_stop`, `inbound_start`, `twilio_21610`,
+    /// `email.bounced`, `email.complained`, `api`.
+    pub source: String,
+    /// Free text from the operator or the provider's keyword; no secrets.
+    pub reason: Option<String>,
+    pub now_ms: i64,
+}
+
+/// One entry of the suppression list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SuppressionView {
+    pub address: String,
+    pub channel: String,
+    pub source: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+}
+
+/// One entry of the suppression audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditView {
+    pub address: String,
+    pub channel: String,
+    pub action: String,
+    pub actor: String,
+    pub source: String,
+    pub reason: Option<String>,
+    pub at: i64,
 }
 
 /// The outcome of one attempt (or of an event that never reached a
@@ -149,6 +290,15 @@ pub struct Record {
     pub attempt: u32,
     /// What happened.
     pub outcome: Outcome,
+    /// An address the provider said has opted out (Twilio 21610), added to
+    /// the suppression list in the same transaction.
+    pub opt_out: Option<SuppressionChange>,
+    /// For an accepted SMS of a class with an email fallback: the event,
+    /// kept until a receipt says it was delivered or not.
+    pub keep_for_fallback: Option<KeptEvent>,
+    /// Receipts can come for this accepted send: make it findable by its
+    /// provider id.
+    pub track_receipts: bool,
     /// The time of the outcome.
     pub now_ms: i64,
 }
@@ -275,6 +425,11 @@ pub struct MessageView {
     /// When it reached `sent`, `dead_lettered`, `suppressed` or
     /// `outcome_unknown`.
     pub finished_at_ms: Option<i64>,
+    /// The provider's latest report on the accepted send (`delivered`,
+    /// `undelivered`, ...), if any.
+    pub delivery: Option<String>,
+    /// The provider's error code with that report.
+    pub delivery_error: Option<String>,
     /// Every attempt, oldest first.
     pub attempt_log: Vec<AttemptView>,
 }

@@ -71,11 +71,13 @@ macro_rules! backend {
 
             use super::{Written, UNFINISHED_ERROR};
             use crate::store::model::{
-                ChannelCost, Claim, ClaimOutcome, MessageView, Outcome, Record, Status,
+                AuditView, ChannelCost, Claim, ClaimOutcome, FrequencyCap, MessageView, Outcome,
+                Receipt, ReceiptOutcome, Record, ScheduledEvent, Status, SuppressionAction,
+                SuppressionChange, SuppressionView,
             };
             use crate::store::{
-                attempt_from_row, channel_cost_from_row, message_from_row, parse_status, sql,
-                StoreError,
+                attempt_from_row, channel_cost_from_row, message_from_row, parse_status,
+                scheduled_from_row, sql, StoreError,
             };
 
             type Tx = Transaction<'static, $db>;
@@ -90,10 +92,19 @@ macro_rules! backend {
                 claims: &[Claim],
             ) -> Result<Vec<ClaimOutcome>, StoreError> {
                 let mut tx = pool.begin().await?;
+                let suppressed = suppressed_among(&mut tx, claims).await?;
+                let is_suppressed = |c: &Claim| {
+                    !suppressed.is_empty()
+                        && c.address
+                            .as_deref()
+                            .is_some_and(|a| suppressed.contains(&(a.to_owned(), c.channel)))
+                };
                 let mut seen = HashSet::with_capacity(claims.len());
                 let mut firsts: Vec<&Claim> = claims
                     .iter()
-                    .filter(|c| seen.insert(c.event_id.as_str()))
+                    .filter(|c| {
+                        !is_suppressed(c) && c.cap.is_none() && seen.insert(c.event_id.as_str())
+                    })
                     .collect();
                 // One lock order for every writer (PostgreSQL row locks).
                 firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -107,7 +118,12 @@ macro_rules! backend {
                 for claim in claims {
                     // Only an event's first claim in the batch can be in
                     // `fresh`; removing it sends the next one the long way.
-                    if fresh.remove(claim.event_id.as_str()) {
+                    if is_suppressed(claim) {
+                        let done = final_outcome(&mut tx, claim).await?;
+                        outcomes.push(done.unwrap_or(ClaimOutcome::Suppressed));
+                    } else if let Some(cap) = claim.cap {
+                        outcomes.push(claim_capped(&mut tx, claim, cap).await?);
+                    } else if fresh.remove(claim.event_id.as_str()) {
                         outcomes.push(ClaimOutcome::Send {
                             previous_unknown: false,
                         });
@@ -117,6 +133,362 @@ macro_rules! backend {
                 }
                 tx.commit().await?;
                 Ok(outcomes)
+            }
+
+            /// The (address, channel) pairs of the batch that are on the
+            /// suppression list.
+            async fn suppressed_among(
+                tx: &mut Tx,
+                claims: &[Claim],
+            ) -> Result<HashSet<(String, &'static str)>, StoreError> {
+                let addresses: HashSet<&str> =
+                    claims.iter().filter_map(|c| c.address.as_deref()).collect();
+                let mut found = HashSet::new();
+                if addresses.is_empty() {
+                    return Ok(found);
+                }
+                // One statement per batch, whatever its size.
+                let list = serde_json::to_string(&addresses).expect("strings serialise");
+                let rows = sqlx::query($dialect.suppressed_among)
+                    .bind(list)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                for row in rows {
+                    let channel: String = row.try_get(1)?;
+                    let channel = if channel == "sms" { "sms" } else { "email" };
+                    found.insert((row.try_get(0)?, channel));
+                }
+                Ok(found)
+            }
+
+            /// A claim of a class with a frequency cap, in batch order: the
+            /// count sees every earlier claim of the batch.
+            async fn claim_capped(
+                tx: &mut Tx,
+                claim: &Claim,
+                cap: FrequencyCap,
+            ) -> Result<ClaimOutcome, StoreError> {
+                if let Some(done) = final_outcome(tx, claim).await? {
+                    return Ok(done);
+                }
+                let n: i64 = sqlx::query(sql::CAP_COUNT)
+                    .bind(claim.user_id.as_str())
+                    .bind(claim.class.as_str())
+                    .bind(cap.since_ms)
+                    .bind(claim.event_id.as_str())
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?;
+                if n >= i64::from(cap.max) {
+                    return Ok(ClaimOutcome::Capped);
+                }
+                claim_one(tx, claim).await
+            }
+
+            /// What any claim of an event that already ended is answered
+            /// (`None` if it has not ended).
+            async fn final_outcome(
+                tx: &mut Tx,
+                claim: &Claim,
+            ) -> Result<Option<ClaimOutcome>, StoreError> {
+                let status = sqlx::query(sql::SELECT_STATUS)
+                    .bind(claim.event_id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|row| row.try_get::<String, _>(0))
+                    .transpose()?
+                    .map(parse_status)
+                    .transpose()?;
+                Ok(match status {
+                    Some(Status::Sent) => Some(ClaimOutcome::AlreadySent { provider_id: None }),
+                    Some(status) if status.is_final() => {
+                        Some(ClaimOutcome::AlreadyFinal { status })
+                    }
+                    _ => None,
+                })
+            }
+
+            /// Applies suppression changes in one transaction, each audited
+            /// if it changed the list; returns which did. With
+            /// `webhook_id`, the changes apply only if that webhook
+            /// delivery was not processed before (`None` if it was).
+            pub(crate) async fn change_suppressions(
+                pool: &Pool<$db>,
+                changes: &[SuppressionChange],
+                webhook_id: Option<(&str, i64)>,
+            ) -> Result<Option<Vec<bool>>, StoreError> {
+                let mut tx = pool.begin().await?;
+                if let Some((id, now_ms)) = webhook_id {
+                    let fresh = sqlx::query(sql::WEBHOOK_RECEIPT)
+                        .bind(id)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if fresh == 0 {
+                        return Ok(None);
+                    }
+                }
+                let mut changed = Vec::with_capacity(changes.len());
+                for change in changes {
+                    changed.push(change_suppression(&mut tx, change).await?);
+                }
+                tx.commit().await?;
+                Ok(Some(changed))
+            }
+
+            async fn change_suppression(
+                tx: &mut Tx,
+                c: &SuppressionChange,
+            ) -> Result<bool, StoreError> {
+                let n = match c.action {
+                    SuppressionAction::Suppress => sqlx::query(sql::SUPPRESS)
+                        .bind(c.address.as_str())
+                        .bind(c.channel)
+                        .bind(c.source.as_str())
+                        .bind(c.reason.as_deref())
+                        .bind(c.now_ms)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected(),
+                    SuppressionAction::Allow => sqlx::query(sql::ALLOW)
+                        .bind(c.address.as_str())
+                        .bind(c.channel)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected(),
+                };
+                if n > 0 {
+                    sqlx::query(sql::AUDIT)
+                        .bind(c.address.as_str())
+                        .bind(c.channel)
+                        .bind(c.action.as_str())
+                        .bind(c.actor.as_str())
+                        .bind(c.source.as_str())
+                        .bind(c.reason.as_deref())
+                        .bind(c.now_ms)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(n > 0)
+            }
+
+            pub(crate) async fn schedule(
+                pool: &Pool<$db>,
+                events: &[ScheduledEvent],
+            ) -> Result<(), StoreError> {
+                let mut tx = pool.begin().await?;
+                for e in events {
+                    sqlx::query(sql::SCHEDULE)
+                        .bind(e.event_id.as_str())
+                        .bind(e.class.as_str())
+                        .bind(e.due_at_ms)
+                        .bind(e.reason.as_str())
+                        .bind(e.channel.as_str())
+                        .bind(i64::from(e.attempt))
+                        .bind(e.fallback_from.as_deref())
+                        .bind(i64::from(e.priority))
+                        .bind(e.published_at_ms)
+                        .bind(e.body.as_slice())
+                        .bind(e.created_at_ms)
+                        .bind(e.user_id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(crate) async fn due(
+                pool: &Pool<$db>,
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<ScheduledEvent>, StoreError> {
+                sqlx::query(sql::DUE)
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(scheduled_from_row)
+                    .collect()
+            }
+
+            pub(crate) async fn scheduled(
+                pool: &Pool<$db>,
+                event_id: &str,
+            ) -> Result<Vec<ScheduledEvent>, StoreError> {
+                sqlx::query(sql::SCHEDULED_EVENT)
+                    .bind(event_id)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(scheduled_from_row)
+                    .collect()
+            }
+
+            pub(crate) async fn unschedule(
+                pool: &Pool<$db>,
+                events: &[ScheduledEvent],
+            ) -> Result<(), StoreError> {
+                let mut tx = pool.begin().await?;
+                for e in events {
+                    sqlx::query(sql::UNSCHEDULE)
+                        .bind(e.event_id.as_str())
+                        .bind(e.class.as_str())
+                        .bind(e.due_at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Erases a user's personal data; returns (messages
+            /// anonymised, held events deleted).
+            pub(crate) async fn erase_user(
+                pool: &Pool<$db>,
+                user_id: &str,
+            ) -> Result<(u64, u64), StoreError> {
+                let mut tx = pool.begin().await?;
+                // Before the messages lose the user id these find them by.
+                for statement in [
+                    sql::ERASE_ATTEMPTS,
+                    sql::ERASE_RECEIPT_KEYS,
+                    sql::ERASE_FALLBACK,
+                ] {
+                    sqlx::query(statement)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let messages = sqlx::query(sql::ERASE_MESSAGES)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let scheduled = sqlx::query(sql::ERASE_SCHEDULED)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok((messages, scheduled))
+            }
+
+            pub(crate) async fn receipt(
+                pool: &Pool<$db>,
+                r: &Receipt,
+            ) -> Result<ReceiptOutcome, StoreError> {
+                let mut tx = pool.begin().await?;
+                let moved = sqlx::query(sql::RECEIPT)
+                    .bind(r.provider_id.as_str())
+                    .bind(r.status.as_str())
+                    .bind(r.rank)
+                    .bind(r.error.as_deref())
+                    .bind(r.now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = moved else {
+                    let known = sqlx::query(sql::PROVIDER_ID_KNOWN)
+                        .bind(r.provider_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                    return Ok(if known {
+                        ReceiptOutcome::Stale
+                    } else {
+                        ReceiptOutcome::Unknown
+                    });
+                };
+                let event_id: String = row.try_get(0)?;
+                let channel: String = row.try_get(1)?;
+                let mut fallback = false;
+                if r.failed && channel == "sms" {
+                    let kept = sqlx::query(sql::TAKE_FALLBACK)
+                        .bind(event_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(kept) = kept {
+                        let error = format!("sms {}", r.status);
+                        sqlx::query(sql::RECEIPT_FALLBACK)
+                            .bind(event_id.as_str())
+                            .bind(error.as_str())
+                            .bind(r.now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query(sql::SCHEDULE)
+                            .bind(event_id.as_str())
+                            .bind(kept.try_get::<String, _>(0)?)
+                            .bind(r.now_ms)
+                            .bind("receipt_fallback")
+                            .bind("email")
+                            .bind(0_i64)
+                            .bind("sms")
+                            .bind(kept.try_get::<i64, _>(2)?)
+                            .bind(kept.try_get::<Option<i64>, _>(3)?)
+                            .bind(kept.try_get::<Vec<u8>, _>(4)?)
+                            .bind(r.now_ms)
+                            .bind(kept.try_get::<String, _>(1)?)
+                            .execute(&mut *tx)
+                            .await?;
+                        fallback = true;
+                    }
+                }
+                tx.commit().await?;
+                Ok(ReceiptOutcome::Applied { fallback })
+            }
+
+            pub(crate) async fn scheduled_count(pool: &Pool<$db>) -> Result<u64, StoreError> {
+                let n: i64 = sqlx::query(sql::SCHEDULED_COUNT)
+                    .fetch_one(pool)
+                    .await?
+                    .try_get(0)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            pub(crate) async fn suppressions(
+                pool: &Pool<$db>,
+                limit: u32,
+            ) -> Result<Vec<SuppressionView>, StoreError> {
+                let rows = sqlx::query(sql::LIST_SUPPRESSIONS)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SuppressionView {
+                            address: row.try_get(0)?,
+                            channel: row.try_get(1)?,
+                            source: row.try_get(2)?,
+                            reason: row.try_get(3)?,
+                            created_at: row.try_get(4)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(crate) async fn audit(
+                pool: &Pool<$db>,
+                address: &str,
+            ) -> Result<Vec<AuditView>, StoreError> {
+                let rows = sqlx::query(sql::SELECT_AUDIT)
+                    .bind(address)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AuditView {
+                            address: row.try_get(0)?,
+                            channel: row.try_get(1)?,
+                            action: row.try_get(2)?,
+                            actor: row.try_get(3)?,
+                            source: row.try_get(4)?,
+                            reason: row.try_get(5)?,
+                            at: row.try_get(6)?,
+                        })
+                    })
+                    .collect()
             }
 
             /// Inserts the messages of events not yet stored; returns their
@@ -261,6 +633,38 @@ macro_rules! backend {
                 }
                 for record in later {
                     record_one(&mut tx, record).await?;
+                }
+                for change in records.iter().filter_map(|r| r.opt_out.as_ref()) {
+                    change_suppression(&mut tx, change).await?;
+                }
+                for r in records {
+                    if let (
+                        true,
+                        Outcome::Sent {
+                            provider_id: Some(id),
+                            ..
+                        },
+                    ) = (r.track_receipts, &r.outcome)
+                    {
+                        sqlx::query(sql::RECEIPT_KEY)
+                            .bind(id.as_str())
+                            .bind(r.event_id.as_str())
+                            .bind(r.now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if let Some(kept) = &r.keep_for_fallback {
+                        sqlx::query(sql::KEEP_FALLBACK)
+                            .bind(r.event_id.as_str())
+                            .bind(r.class.as_str())
+                            .bind(r.user_id.as_str())
+                            .bind(i64::from(kept.priority))
+                            .bind(kept.published_at_ms)
+                            .bind(kept.body.as_slice())
+                            .bind(r.now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(())

@@ -9,14 +9,22 @@ pub(crate) struct Dialect {
     /// transaction ends. SQLite needs no row lock: the claim transaction
     /// already holds the database's write lock from its first INSERT.
     pub select_for_claim: &'static str,
+    /// Which of a batch's recipients are suppressed, in one statement:
+    /// `$1` is the addresses as a JSON array. (Addresses of the two
+    /// channels never collide: phones start with `+`, emails hold `@`.)
+    pub suppressed_among: &'static str,
 }
 
 pub(crate) const SQLITE: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1",
+    suppressed_among: "SELECT address, channel FROM suppressions \
+WHERE address IN (SELECT value FROM json_each($1))",
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
+    suppressed_among: "SELECT address, channel FROM suppressions \
+WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
 };
 
 /// A first claim: creates the message. No row affected means it exists.
@@ -59,7 +67,7 @@ WHERE event_id = $1 AND status IN ('dead_lettered', 'outcome_unknown')";
 
 pub(crate) const SELECT_MESSAGE: &str = "\
 SELECT event_id, class, user_id, channel, status, attempts, provider_id, cost_usd, segments, reason, \
-last_error, fallback_from, created_at, updated_at, finished_at \
+last_error, fallback_from, created_at, updated_at, finished_at, delivery, delivery_error \
 FROM messages WHERE event_id = $1";
 
 pub(crate) const SELECT_ATTEMPTS: &str = "\
@@ -85,6 +93,140 @@ SELECT event_id FROM messages \
 WHERE status IN ('dead_lettered', 'outcome_unknown', 'suppressed') AND finished_at < $1 LIMIT $2)";
 
 pub(crate) const PING: &str = "SELECT 1";
+
+/// Puts an address on the suppression list; no row affected means it was
+/// there already. `$1` address, `$2` channel, `$3` source, `$4` reason,
+/// `$5` now.
+pub(crate) const SUPPRESS: &str = "\
+INSERT INTO suppressions (address, channel, source, reason, created_at) VALUES ($1, $2, $3, $4, $5) \
+ON CONFLICT (address, channel) DO NOTHING";
+
+/// Takes an address off the list. `$1` address, `$2` channel.
+pub(crate) const ALLOW: &str = "DELETE FROM suppressions WHERE address = $1 AND channel = $2";
+
+/// Audits one change. `$1` address, `$2` channel, `$3` action, `$4` actor,
+/// `$5` source, `$6` reason, `$7` now.
+pub(crate) const AUDIT: &str = "\
+INSERT INTO suppression_audit (address, channel, action, actor, source, reason, at) \
+VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// The list, newest first. `$1` limit.
+pub(crate) const LIST_SUPPRESSIONS: &str = "\
+SELECT address, channel, source, reason, created_at FROM suppressions \
+ORDER BY created_at DESC, address, channel LIMIT $1";
+
+/// One address's audit log, oldest first. `$1` address.
+pub(crate) const SELECT_AUDIT: &str = "\
+SELECT address, channel, action, actor, source, reason, at FROM suppression_audit \
+WHERE address = $1 ORDER BY id";
+
+/// Marks a webhook delivery processed; no row affected means it was
+/// already. `$1` id, `$2` now.
+pub(crate) const WEBHOOK_RECEIPT: &str = "\
+INSERT INTO webhook_receipts (id, received_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+
+/// Holds an event; the same event held again keeps the later entry.
+/// `$1` event id, `$2` class, `$3` due at, `$4` reason, `$5` channel,
+/// `$6` attempt, `$7` fallback from, `$8` priority, `$9` published at,
+/// `$10` body, `$11` now.
+pub(crate) const SCHEDULE: &str = "\
+INSERT INTO scheduled (event_id, class, due_at, reason, channel, attempt, fallback_from, priority, \
+published_at, body, created_at, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+ON CONFLICT (event_id, class) DO UPDATE SET due_at = excluded.due_at, reason = excluded.reason, \
+channel = excluded.channel, attempt = excluded.attempt, fallback_from = excluded.fallback_from, \
+priority = excluded.priority, published_at = excluded.published_at, body = excluded.body, \
+created_at = excluded.created_at, user_id = excluded.user_id";
+
+/// GDPR erasure, in this order: the provider ids of a user's attempts
+/// (they lead to the provider's copy of the address), then the user's
+/// messages lose their user id and provider id (anonymous counts stay),
+/// then the user's held events go. `$1` user id.
+pub(crate) const ERASE_ATTEMPTS: &str = "\
+UPDATE attempts SET provider_id = NULL WHERE event_id IN (SELECT event_id FROM messages WHERE user_id = $1)";
+pub(crate) const ERASE_MESSAGES: &str =
+    "UPDATE messages SET user_id = '', provider_id = NULL WHERE user_id = $1";
+pub(crate) const ERASE_SCHEDULED: &str = "DELETE FROM scheduled WHERE user_id = $1";
+
+/// Events due, earliest first. `$1` now, `$2` limit.
+pub(crate) const DUE: &str = "\
+SELECT event_id, class, user_id, due_at, reason, channel, attempt, fallback_from, priority, published_at, \
+body, created_at FROM scheduled WHERE due_at <= $1 ORDER BY due_at LIMIT $2";
+
+/// One event's entries. `$1` event id.
+pub(crate) const SCHEDULED_EVENT: &str = "\
+SELECT event_id, class, user_id, due_at, reason, channel, attempt, fallback_from, priority, published_at, \
+body, created_at FROM scheduled WHERE event_id = $1 ORDER BY class";
+
+/// Removes an entry published again, unless it was held anew meanwhile.
+/// `$1` event id, `$2` class, `$3` due at.
+pub(crate) const UNSCHEDULE: &str =
+    "DELETE FROM scheduled WHERE event_id = $1 AND class = $2 AND due_at = $3";
+
+/// How many events are held.
+pub(crate) const SCHEDULED_COUNT: &str = "SELECT COUNT(*) FROM scheduled";
+
+/// A user's messages of a class in a frequency-cap window, other than this
+/// event. `$1` user id, `$2` class, `$3` window start, `$4` event id.
+pub(crate) const CAP_COUNT: &str = "\
+SELECT COUNT(*) FROM messages WHERE user_id = $1 AND class = $2 AND event_id <> $4 \
+AND ((status = 'sent' AND finished_at >= $3) OR (status = 'sending' AND updated_at >= $3))";
+
+/// A delivery receipt moves the message's delivery status forward only.
+/// `$1` provider id, `$2` status, `$3` its rank, `$4` error, `$5` now.
+pub(crate) const RECEIPT: &str = "\
+UPDATE messages SET delivery = $2, delivery_rank = $3, delivery_error = $4, delivery_at = $5, updated_at = $5 \
+WHERE event_id = (SELECT event_id FROM receipt_keys WHERE provider_id = $1) AND provider_id = $1 \
+AND delivery_rank < $3 RETURNING event_id, channel";
+
+/// Whether a send with this provider id was recorded for receipts (and is
+/// still the message's latest). `$1` provider id.
+pub(crate) const PROVIDER_ID_KNOWN: &str = "\
+SELECT 1 FROM receipt_keys k JOIN messages m ON m.event_id = k.event_id \
+WHERE k.provider_id = $1 AND m.provider_id = $1";
+
+/// Makes an accepted send findable by its receipts. `$1` provider id,
+/// `$2` event id, `$3` now.
+pub(crate) const RECEIPT_KEY: &str = "\
+INSERT INTO receipt_keys (provider_id, event_id, created_at) VALUES ($1, $2, $3) \
+ON CONFLICT (provider_id) DO NOTHING";
+
+/// Receipt keys past the time a receipt can take. `$1` cutoff, `$2` batch.
+pub(crate) const PURGE_RECEIPT_KEYS: &str = "\
+DELETE FROM receipt_keys WHERE provider_id IN (\
+SELECT provider_id FROM receipt_keys WHERE created_at < $1 LIMIT $2)";
+
+/// Erasure: a user's receipt keys (they lead to the provider's copy of the
+/// address). `$1` user id.
+pub(crate) const ERASE_RECEIPT_KEYS: &str = "\
+DELETE FROM receipt_keys WHERE event_id IN (SELECT event_id FROM messages WHERE user_id = $1)";
+
+/// Keeps an accepted SMS's event for a fallback on an undelivered receipt.
+/// `$1` event id, `$2` class, `$3` user id, `$4` priority, `$5` published
+/// at, `$6` body, `$7` now.
+pub(crate) const KEEP_FALLBACK: &str = "\
+INSERT INTO fallback_pending (event_id, class, user_id, priority, published_at, body, created_at) \
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING";
+
+/// Takes a kept event for its fallback. `$1` event id.
+pub(crate) const TAKE_FALLBACK: &str = "\
+DELETE FROM fallback_pending WHERE event_id = $1 RETURNING class, user_id, priority, published_at, body";
+
+/// The SMS came back undelivered: its message waits for the email claim.
+/// `$1` event id, `$2` error, `$3` now.
+pub(crate) const RECEIPT_FALLBACK: &str = "\
+UPDATE messages SET status = 'fallback', last_error = $2, finished_at = NULL, updated_at = $3 \
+WHERE event_id = $1 AND status = 'sent'";
+
+/// Kept events past their use. `$1` cutoff, `$2` batch size.
+pub(crate) const PURGE_FALLBACK: &str = "\
+DELETE FROM fallback_pending WHERE event_id IN (\
+SELECT event_id FROM fallback_pending WHERE created_at < $1 LIMIT $2)";
+
+/// Erasure: a user's kept events. `$1` user id.
+pub(crate) const ERASE_FALLBACK: &str = "DELETE FROM fallback_pending WHERE user_id = $1";
+
+/// The status of a message, if it exists. `$1` event id.
+pub(crate) const SELECT_STATUS: &str = "SELECT status FROM messages WHERE event_id = $1";
 
 // ---------------------------------------------------------------------------
 // Multi-row statements for the hot path: one statement per chunk of a batch
@@ -128,7 +270,8 @@ AND attempts.finished_at IS NULL",
 /// id, cost, segments, now. Returns the ids it moved.
 pub(crate) const RECORD_SENT_MANY: Many = Many {
     head: "UPDATE messages SET status = 'sent', channel = v.column2, provider_id = v.column3, \
-cost_usd = v.column4, segments = v.column5, finished_at = v.column6, updated_at = v.column6 FROM (VALUES ",
+cost_usd = v.column4, segments = v.column5, finished_at = v.column6, updated_at = v.column6, \
+delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL FROM (VALUES ",
     row: "(?1, ?2, ?3, ?4, ?5, ?6)",
     params: 6,
     tail: ") AS v WHERE messages.event_id = v.column1 AND messages.status <> 'sent' \

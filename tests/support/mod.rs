@@ -13,9 +13,7 @@ use herald::fakes::{FakeResend, FakeTwilio};
 use lapin::options::BasicGetOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
-pub const TWILIO_TOKEN: &str = "test-auth-token";
-pub const RESEND_KEY: &str = "re_test_key";
+pub use herald::fakes::{RESEND_KEY, TWILIO_SID, TWILIO_TOKEN};
 
 /// A vhost that exists for one test and is deleted after it.
 pub struct Vhost {
@@ -109,6 +107,8 @@ impl World {
             class.rate_limit.email = 6000;
         }
         config.providers.resend.rate_per_sec = 1000.0;
+        // Tests of quiet hours turn them on with a clock they control.
+        config.quiet_hours.enabled = false;
         config.supervisor.heartbeat_ms = 100;
         config.supervisor.ping_timeout_ms = 1000;
         config.amqp.queue_poll_secs = 0.5;
@@ -231,6 +231,26 @@ pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
         .await
         .unwrap();
     metric_in(&text, series)
+}
+
+/// Waits (up to `secs`) for `series` to reach `want`: metrics move after
+/// the provider has answered, so a test that has seen the provider's side
+/// must still wait for ours. Returns the value then, for the caller to
+/// assert exactly (a value past `want` fails there, not here).
+pub async fn metric_reaching(
+    addr: std::net::SocketAddr,
+    series: &str,
+    want: f64,
+    secs: u64,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = metric(addr, series).await;
+        if v >= want || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub fn metric_in(text: &str, series: &str) -> f64 {

@@ -60,6 +60,8 @@ impl Broker for NoBroker {
 
 pub fn job(id: &str, class: &str) -> Job {
     Job {
+        send_at_ms: None,
+        timezone: None,
         event_id: id.into(),
         user_id: "u".into(),
         class: class.into(),
@@ -87,6 +89,8 @@ pub fn class(name: &str, priority: u8, rate_per_min: u32) -> ClassParams {
         base_delay: Duration::from_secs(1),
         max_delay: Duration::from_secs(10),
         fallback: None,
+        shared: None,
+        receipts_expected: false,
     }
 }
 
@@ -126,6 +130,7 @@ pub fn start_full(
                 max_concurrency,
                 rate_per_sec: 0.0,
                 cost_per_unit_usd: 0.0075,
+                shared: None,
             },
             Arc::new(RecorderClient(recorder.clone())),
         ),

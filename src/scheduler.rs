@@ -1,0 +1,180 @@
+//! Held events ([`crate::schedule`]) live in the delivery store's
+//! `scheduled` table, not in memory and not in an open broker delivery.
+//! [`defer`] puts one there and acks its delivery once the row is
+//! committed; [`spawn`] is the background task that publishes due events
+//! back to their class queue (confirmed) and then deletes them.
+//!
+//! A crash between the publish and the delete publishes the event again on
+//! the next round: the journal's claim makes the second copy a no-op. With
+//! several instances on one PostgreSQL store, each may publish the same due
+//! event once, with the same outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_actors::metrics::Metrics;
+use herald_actors::model::Job;
+use herald_actors::ticket::Ticket;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tracing::{debug, info, warn};
+
+use crate::amqp::publisher::{headers, Publisher};
+use crate::amqp::topology::EXCHANGE;
+use crate::amqp::{put_str, put_u64};
+use crate::schedule::{Clock, Hold};
+use crate::store::{ScheduledEvent, Store};
+
+/// How often the schedule is read for due events.
+pub const POLL: Duration = Duration::from_millis(200);
+/// How often `herald_scheduled_events` is counted (a full count of the
+/// table, too dear for every round).
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+/// Most events published per round.
+const BATCH: u32 = 256;
+/// How long a delivery that could not be held waits before it goes back to
+/// the broker (which would otherwise hand it straight back).
+const STORE_DOWN_PAUSE: Duration = Duration::from_secs(1);
+
+/// Set on an event published from the schedule: the time it was due (ms).
+/// It has had its local delivery time.
+pub const DUE_HEADER: &str = "x-herald-due";
+
+/// What holding events needs.
+#[derive(Clone)]
+pub struct Scheduling {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Holds `job` until `hold.until_ms`; acks the delivery once held.
+pub fn defer(s: &Scheduling, job: &Job, hold: Hold, ticket: Ticket) {
+    let event = ScheduledEvent {
+        event_id: job.event_id.to_string(),
+        class: job.class.to_string(),
+        user_id: job.user_id.to_string(),
+        due_at_ms: hold.until_ms,
+        reason: hold.reason.as_str().to_owned(),
+        channel: job.channel.as_str().to_owned(),
+        attempt: job.attempt,
+        fallback_from: job.fallback_from.map(|c| c.as_str().to_owned()),
+        priority: job.amqp_priority,
+        published_at_ms: job.published_at_ms.and_then(|ms| i64::try_from(ms).ok()),
+        body: job.raw.to_vec(),
+        created_at_ms: s.clock.now_ms(),
+    };
+    let s = s.clone();
+    tokio::spawn(async move {
+        match s.store.schedule(std::slice::from_ref(&event)).await {
+            Ok(()) => {
+                s.metrics
+                    .deferred
+                    .with_label_values(&[&event.class, &event.reason])
+                    .inc();
+                // Per event, so debug: a daily class holds every event it
+                // gets; herald_deferred_total and `herald status` tell.
+                debug!(event_id = %event.event_id, class = %event.class, reason = %event.reason,
+                    due_at_ms = event.due_at_ms, "event held until its time");
+                ticket.ack();
+            }
+            Err(e) => {
+                warn!(event_id = %event.event_id, error = %e,
+                    "could not hold the event in the store; returning it to the broker");
+                tokio::time::sleep(STORE_DOWN_PAUSE).await;
+                drop(ticket);
+            }
+        }
+    });
+}
+
+/// Publishes due events back to their class queues, every [`POLL`].
+pub fn spawn(s: Scheduling, publisher: Publisher) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        let mut counted_at: Option<tokio::time::Instant> = None;
+        loop {
+            let full = match release_due(&s, &publisher).await {
+                Ok(n) => {
+                    if std::mem::take(&mut failing) {
+                        info!("scheduler publishing again");
+                    }
+                    n == BATCH as usize
+                }
+                Err(e) => {
+                    // One line per outage, not one per round.
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(error = %e, "scheduler cannot publish due events; trying again every round");
+                    }
+                    false
+                }
+            };
+            if counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+                counted_at = Some(tokio::time::Instant::now());
+                if let Ok(n) = s.store.scheduled_count().await {
+                    s.metrics
+                        .scheduled
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            if !full {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    })
+}
+
+/// One round: publishes what is due; returns how many were published.
+async fn release_due(s: &Scheduling, publisher: &Publisher) -> Result<usize, String> {
+    let due = s
+        .store
+        .due(s.clock.now_ms(), BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut published = Vec::with_capacity(due.len());
+    let mut failed = None;
+    for event in due {
+        match publisher
+            .publish(EXCHANGE, &event.class, &event.body, properties(&event))
+            .await
+        {
+            Ok(()) => published.push(event),
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let n = published.len();
+    s.store
+        .unschedule(&published)
+        .await
+        .map_err(|e| e.to_string())?;
+    match failed {
+        Some(e) => Err(format!("publish failed after {n}: {e}")),
+        None => Ok(n),
+    }
+}
+
+/// The event's properties as first published, plus where it stands.
+fn properties(e: &ScheduledEvent) -> BasicProperties {
+    let mut h = FieldTable::default();
+    put_u64(&mut h, DUE_HEADER, u64::try_from(e.due_at_ms).unwrap_or(0));
+    if e.attempt > 0 || e.fallback_from.is_some() {
+        put_u64(&mut h, headers::ATTEMPT, u64::from(e.attempt));
+        put_str(&mut h, headers::CHANNEL, &e.channel);
+        if let Some(from) = &e.fallback_from {
+            put_str(&mut h, headers::FALLBACK_FROM, from);
+        }
+    }
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_priority(e.priority)
+        .with_content_type("application/json".into())
+        .with_message_id(e.event_id.as_str().into())
+        .with_headers(h);
+    if let Some(ms) = e.published_at_ms {
+        props = props.with_timestamp(u64::try_from(ms / 1000).unwrap_or(0));
+    }
+    props
+}
