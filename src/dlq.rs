@@ -89,21 +89,33 @@ pub async fn list(conn: &Connection) -> lapin::Result<Vec<Letter>> {
     Ok(out)
 }
 
-/// Republishes dead letters (of `class`, or all) to `herald` under their
-/// class; returns how many. Letters of other classes stay in the queue.
-///
-/// The event's record in the delivery store is released first (a
-/// `dead_lettered` event becomes claimable again); without that, the journal
-/// would find it final and ack the replay without sending it.
-pub async fn replay(
-    conn: &Arc<Connection>,
-    publisher: &Publisher,
-    store: &Store,
-    class: Option<&str>,
+/// Which dead letters an operation takes: all, a class's, one event's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Which<'a> {
+    pub class: Option<&'a str>,
+    pub id: Option<&'a str>,
+}
+
+impl Which<'_> {
+    fn matches(&self, letter: &Letter) -> bool {
+        self.class.is_none_or(|c| c == letter.class)
+            && self
+                .id
+                .is_none_or(|id| letter.event_id.as_deref() == Some(id))
+    }
+}
+
+/// Takes every dead letter `select` accepts, once, through `take` (which
+/// must ack it); the rest go back to the queue, in order, when the channel
+/// closes. Returns how many were taken.
+async fn take_each(
+    conn: &Connection,
+    select: impl Fn(&Letter) -> bool,
+    mut take: impl AsyncFnMut(lapin::message::Delivery, Letter) -> Result<(), String>,
 ) -> Result<usize, String> {
     let n = depth(conn).await.map_err(|e| e.to_string())?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    let mut replayed = 0;
+    let mut taken = 0;
     for _ in 0..n {
         let Some(msg) = ch
             .basic_get(DLQ.into(), BasicGetOptions { no_ack: false })
@@ -113,15 +125,33 @@ pub async fn replay(
             break;
         };
         let d = msg.delivery;
-        let letter_class = header_str(d.properties.headers().as_ref(), headers::CLASS)
-            .unwrap_or_default()
-            .to_owned();
-        if class.is_some_and(|c| c != letter_class) || letter_class.is_empty() {
+        let letter = describe(&d.properties, &d.data);
+        if !select(&letter) {
             continue; // left unacked: back to the queue when the channel closes
         }
-        let id = describe(&d.properties, &d.data)
-            .event_id
-            .unwrap_or_default();
+        take(d, letter).await?;
+        taken += 1;
+    }
+    let _ = ch.close(200, "done".into()).await;
+    Ok(taken)
+}
+
+/// Republishes the dead letters `which` selects to `herald` under their
+/// class; returns how many. Letters with no class stay in the queue.
+///
+/// The event's record in the delivery store is released first (a
+/// `dead_lettered` event becomes claimable again); without that, the journal
+/// would find it final and ack the replay without sending it.
+pub async fn replay(
+    conn: &Arc<Connection>,
+    publisher: &Publisher,
+    store: &Store,
+    which: Which<'_>,
+) -> Result<usize, String> {
+    // A letter with no class has nothing to route it by: it stays.
+    let select = |l: &Letter| !l.class.is_empty() && which.matches(l);
+    take_each(conn, select, async |d, letter| {
+        let id = letter.event_id.unwrap_or_default();
         let priority = d.properties.priority().unwrap_or(0);
         if !id.is_empty() {
             store
@@ -130,15 +160,30 @@ pub async fn replay(
                 .map_err(|e| e.to_string())?;
         }
         publisher
-            .publish_event(&letter_class, &id, &d.data, priority)
+            .publish_event(&letter.class, &id, &d.data, priority)
             .await
             .map_err(|e| e.to_string())?;
         d.acker
             .ack(BasicAckOptions::default())
             .await
-            .map_err(|e| e.to_string())?;
-        replayed += 1;
-    }
-    let _ = ch.close(200, "replayed".into()).await;
-    Ok(replayed)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Deletes the dead letters `which` selects; returns how many.
+pub async fn purge(conn: &Connection, which: Which<'_>) -> Result<usize, String> {
+    take_each(
+        conn,
+        |l| which.matches(l),
+        async |d, _| {
+            d.acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
 }

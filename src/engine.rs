@@ -2,7 +2,7 @@
 //! the consumers and the HTTP listener, in that order. Must run inside an
 //! actix System (`herald run` makes one; tests use `#[actix_rt::test]`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use herald_actors::backoff;
-use herald_actors::class_sender::ClassParams;
+use herald_actors::class_sender::{ClassParams, ClassRate};
 use herald_actors::messages::{IsIdle, Release};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
@@ -25,6 +25,7 @@ use crate::amqp::link::{self, BrokerLink, LinkControl, LinkParams};
 use crate::amqp::publisher::{BrokerStats, Publisher};
 use crate::amqp::topology::{self, ClassTopology};
 use crate::config::{ClassConfig, Config, ProviderMode};
+use crate::controls::Controls;
 use crate::http::{self, Readiness};
 use crate::journal::StoreLog;
 use crate::limits::{LimitsError, RedisLimits};
@@ -49,7 +50,11 @@ pub enum EngineError {
 
 /// A running engine.
 pub struct Engine {
+    /// The config the engine started with (see [`Controls::config`] for
+    /// the one in force after reloads).
     pub config: Arc<Config>,
+    /// Pause, resume, live rate limits and config reload.
+    pub controls: Arc<Controls>,
     /// Where the live actors are (tests use it to inject faults).
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
@@ -210,7 +215,7 @@ impl Engine {
         let shared = shared_pacing(&config, &metrics).await?;
 
         let classes = class_topology(&config);
-        let link = Arc::new(BrokerLink::default());
+        let link = Arc::new(BrokerLink::with_gauge(metrics.broker_connected.clone()));
         let publisher = Publisher::new(
             link.clone(),
             classes
@@ -254,22 +259,26 @@ impl Engine {
                         })
                         .collect(),
                 ),
+                timing: metrics.store_duration.clone(),
             }),
         ));
         for &channel in &used {
-            let (client, params) = provider_for(&config, channel, &shared, &mut sandbox)?;
+            let (client, params) = provider_for(&config, channel, &shared, &metrics, &mut sandbox)?;
             specs.push(ChildSpec::provider(&registry, params, client));
         }
         specs.push(ChildSpec::fallback(&registry));
         let broker: Arc<dyn herald_actors::ports::Broker> = Arc::new(publisher.clone());
+        let mut rates = BTreeMap::new();
         for (name, c) in &config.classes {
             metrics.declare_class(name, &class_channels(c));
             for channel in class_channels(c) {
+                let rate = ClassRate::new(c.rate_per_min(channel));
+                rates.insert((channel, name.clone()), rate.clone());
                 let params = ClassParams {
                     class: name.as_str().into(),
                     channel,
                     priority: c.priority,
-                    rate_per_min: c.rate_per_min(channel),
+                    rate,
                     retries: c.retries,
                     base_delay: Duration::from_secs_f64(c.base_delay_secs),
                     max_delay: Duration::from_secs_f64(c.max_delay_secs),
@@ -300,6 +309,7 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
+        let controls = Controls::new(config.clone(), rates, registry.clone(), metrics.clone());
         let outstanding = Arc::new(AtomicUsize::new(0));
         let scheduling = Scheduling {
             store: store.clone(),
@@ -307,7 +317,7 @@ impl Engine {
             metrics: metrics.clone(),
         };
         let ctx = Arc::new(ConsumeContext {
-            config: config.clone(),
+            controls: controls.clone(),
             registry: registry.clone(),
             publisher: publisher.clone(),
             outstanding: outstanding.clone(),
@@ -338,6 +348,11 @@ impl Engine {
             crate::api::ApiState {
                 store: store.clone(),
                 token: config.admin_token.clone(),
+                controls: controls.clone(),
+                link: link.clone(),
+                publisher: publisher.clone(),
+                metrics: metrics.clone(),
+                guard: Default::default(),
             },
             crate::webhooks::WebhookState {
                 store: store.clone(),
@@ -358,6 +373,7 @@ impl Engine {
         info!(%http_addr, mode = ?config.providers.mode, classes = config.classes.len(), "herald is running");
         Ok(Engine {
             config,
+            controls,
             registry,
             metrics,
             http_addr,
@@ -440,6 +456,7 @@ fn provider_for(
     config: &Config,
     channel: Channel,
     shared: &Option<SharedPacing>,
+    metrics: &Metrics,
     sandbox: &mut HashMap<Channel, Arc<SandboxClient>>,
 ) -> Result<(Arc<dyn ProviderClient>, ProviderParams), EngineError> {
     let p = &config.providers;
@@ -450,6 +467,7 @@ fn provider_for(
             rate_per_sec: p.twilio.rate_per_sec,
             cost_per_unit_usd: p.twilio.cost_per_segment_usd,
             shared: shared.clone(),
+            in_flight: metrics.in_flight.with_label_values(&[channel.as_str()]),
         },
         Channel::Email => ProviderParams {
             channel,
@@ -457,6 +475,7 @@ fn provider_for(
             rate_per_sec: p.resend.rate_per_sec,
             cost_per_unit_usd: p.resend.cost_per_message_usd,
             shared: shared.clone(),
+            in_flight: metrics.in_flight.with_label_values(&[channel.as_str()]),
         },
     };
     let client: Arc<dyn ProviderClient> = match (p.mode, channel) {

@@ -1,6 +1,6 @@
-//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`, the admin
-//! API under `/api` ([`crate::api`]) and the providers' webhooks
-//! ([`crate::webhooks`]).
+//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`, the dashboard
+//! at `/` ([`crate::dashboard`]), the admin API under `/api`
+//! ([`crate::api`]) and the providers' webhooks ([`crate::webhooks`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +56,7 @@ pub fn serve(
             .route("/metrics", web::get().to(metrics_text))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/", web::get().to(crate::dashboard::page))
             .configure(|cfg| crate::api::configure(cfg, api.clone()))
             .configure(|cfg| crate::webhooks::configure(cfg, webhooks.clone()))
     })

@@ -32,6 +32,8 @@ pub struct StoreLog {
     pub store: Store,
     /// Per class: most messages per user, and the rolling window.
     pub caps: Arc<HashMap<String, (u32, Duration)>>,
+    /// `herald_store_duration_seconds{op}`.
+    pub timing: prometheus::HistogramVec,
 }
 
 /// The store numbers attempts from 1; a job counts attempts already made.
@@ -46,7 +48,7 @@ impl DeliveryLog for StoreLog {
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>> {
         let store = self.store.clone();
         let caps = self.caps.clone();
-        offloaded(async move {
+        offloaded(self.timer("claim"), async move {
             let now = store::now_ms();
             let rows: Vec<Claim> = claims
                 .iter()
@@ -88,7 +90,7 @@ impl DeliveryLog for StoreLog {
 
     fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>> {
         let store = self.store.clone();
-        offloaded(async move {
+        offloaded(self.timer("record"), async move {
             let now = store::now_ms();
             let rows: Vec<Record> = records
                 .into_iter()
@@ -144,15 +146,25 @@ impl DeliveryLog for StoreLog {
     }
 }
 
-/// Runs a store batch on the I/O runtime; a panic there is a failed batch
-/// (the journal holds it and tries again).
+impl StoreLog {
+    fn timer(&self, op: &str) -> prometheus::Histogram {
+        self.timing.with_label_values(&[op])
+    }
+}
+
+/// Runs a store batch on the I/O runtime, timed into `timer`; a panic there
+/// is a failed batch (the journal holds it and tries again).
 fn offloaded<T: Send + 'static>(
+    timer: prometheus::Histogram,
     batch: impl std::future::Future<Output = Result<T, JournalError>> + Send + 'static,
 ) -> BoxFuture<'static, Result<T, JournalError>> {
     async move {
-        crate::offload::run(batch)
+        let started = std::time::Instant::now();
+        let result = crate::offload::run(batch)
             .await
-            .unwrap_or_else(|| Err(JournalError("the store batch panicked".into())))
+            .unwrap_or_else(|| Err(JournalError("the store batch panicked".into())));
+        timer.observe(started.elapsed().as_secs_f64());
+        result
     }
     .boxed()
 }

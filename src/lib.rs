@@ -12,14 +12,16 @@
 //! - [`limits`]: rate limits shared by every instance, in Redis (the actors'
 //!   shared-limits port).
 //! - [`bench`]: `herald bench`, the benchmark harness.
-//! - [`api`]: the admin API under `/api` (bearer token).
+//! - [`api`]: the admin API under `/api` (bearer token) and its OpenAPI document.
+//! - [`controls`]: what operators change live: pause/resume, rate limits, reload.
+//! - [`dashboard`]: the live dashboard page at `/`.
 //! - [`http`]: the one HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`webhooks`]: the providers' callbacks (opt-outs), signatures checked.
 //! - [`schedule`]: when an event may go out (send_at, local time, quiet hours).
 //! - [`scheduler`]: holds events in the store until then, and publishes them back.
 //! - [`recurring`]: `[[schedules]]`, recurring events on a cron pattern.
 //! - [`engine`]: wires everything together and runs it.
-//! - [`dlq`]: `herald dlq list` and `herald dlq replay`.
+//! - [`dlq`]: listing, replaying and purging dead letters (CLI and API).
 //! - [`telemetry`]: logging set-up.
 //!
 //! The actors themselves live in the `herald-actors` crate.
@@ -28,6 +30,8 @@ pub mod amqp;
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod controls;
+pub mod dashboard;
 pub mod dlq;
 pub mod engine;
 pub mod event;

@@ -129,11 +129,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run { config } => {
+            let path = Config::resolve_path(config.as_deref());
             let cfg = load(config)?;
             actix_rt::System::new().block_on(async move {
                 let grace = Duration::from_secs_f64(cfg.supervisor.shutdown_grace_secs);
                 let engine = Engine::start(cfg).await.context("starting herald")?;
-                shutdown_signal().await;
+                engine.controls.reload_from(path);
+                shutdown_signal(&engine.controls).await;
                 tracing::info!(?grace, "shutting down");
                 engine.stop(grace).await;
                 Ok(())
@@ -158,12 +160,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Waits for SIGTERM or Ctrl-C, reloading the config on every SIGHUP
+/// meanwhile (a bad file is logged and changes nothing).
+async fn shutdown_signal(controls: &herald::controls::Controls) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut hup = signal(SignalKind::hangup()).expect("signal handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match controls.reload() {
+                Ok(r) => tracing::info!(
+                    restart_required = ?r.restart_required,
+                    "SIGHUP: config reloaded"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded"),
+            },
+        }
     }
 }
 
@@ -248,7 +262,11 @@ async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {
             let store = herald::store::Store::open(&cfg.store.url)
                 .await
                 .context("opening the delivery store")?;
-            let n = herald::dlq::replay(&conn, &publisher, &store, class.as_deref())
+            let which = herald::dlq::Which {
+                class: class.as_deref(),
+                id: None,
+            };
+            let n = herald::dlq::replay(&conn, &publisher, &store, which)
                 .await
                 .map_err(anyhow::Error::msg)?;
             store.close().await;

@@ -6,6 +6,7 @@
 //! or dead-letter.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::messages::{Claim, Deliver, FallBack, Observe, Record, Release, SendOutcome, Submit};
+use crate::messages::{
+    Claim, Deliver, FallBack, Observe, RateChanged, Record, Release, SendOutcome, Submit,
+};
 use crate::metrics::Outcome;
 use crate::model::{Channel, FailureKind, Job, SendError};
 use crate::pace::{self, Pace, SharedPacing};
@@ -33,8 +36,8 @@ pub struct ClassParams {
     pub channel: Channel,
     /// 1 is the most urgent; orders the provider's queue.
     pub priority: u8,
-    /// Sends per minute on this channel.
-    pub rate_per_min: u32,
+    /// Sends per minute on this channel, changed live by operators.
+    pub rate: ClassRate,
     /// Broker retries after the first attempt.
     pub retries: u32,
     pub base_delay: Duration,
@@ -48,6 +51,27 @@ pub struct ClassParams {
     /// URL): record accepted sends so receipts find them, and keep an
     /// accepted SMS's event for a fallback on `undelivered`.
     pub receipts_expected: bool,
+}
+
+/// A class's send limit on one channel, per minute (0: never sends). Shared
+/// by the admin API, which changes it, and every incarnation of the class
+/// sender, which paces by it: a restarted sender keeps the changed limit.
+#[derive(Clone, Debug)]
+pub struct ClassRate(Arc<AtomicU32>);
+
+impl ClassRate {
+    pub fn new(per_min: u32) -> ClassRate {
+        ClassRate(Arc::new(AtomicU32::new(per_min)))
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sets the limit; the class sender applies it on [`RateChanged`].
+    pub fn set(&self, per_min: u32) {
+        self.0.store(per_min, Ordering::SeqCst);
+    }
 }
 
 /// The record of `job`'s attempt with `outcome`, nothing else to do.
@@ -86,11 +110,7 @@ impl ClassSender {
     pub fn new(params: ClassParams, registry: Registry, broker: Arc<dyn Broker>) -> ClassSender {
         ClassSender {
             span: tracing::info_span!("class_sender", class = %params.class, channel = %params.channel),
-            limiter: Pace::new(
-                Gcra::per_minute(params.rate_per_min),
-                pace::class_key(params.channel, &params.class),
-                params.shared.as_ref(),
-            ),
+            limiter: class_pace(&params),
             params,
             waiting: VecDeque::new(),
             wake_armed: false,
@@ -381,6 +401,29 @@ impl Handler<Record> for ClassSender {
         if let Err(record) = send_or_return(Some(journal), msg) {
             ctx.notify_later(record, PROVIDER_RETRY);
         }
+    }
+}
+
+/// The pace `params` asks for now.
+fn class_pace(params: &ClassParams) -> Pace {
+    Pace::new(
+        Gcra::per_minute(params.rate.get()),
+        pace::class_key(params.channel, &params.class),
+        params.shared.as_ref(),
+    )
+}
+
+impl Handler<RateChanged> for ClassSender {
+    type Result = ();
+
+    /// Paces by the class's new limit from now on. The new pace starts
+    /// empty: the first waiting delivery may go at once, and none is
+    /// held longer than the new limit asks.
+    fn handle(&mut self, _: RateChanged, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
+        info!(per_min = self.params.rate.get(), "rate limit changed");
+        self.limiter = class_pace(&self.params);
+        self.pump(ctx);
     }
 }
 

@@ -58,6 +58,14 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     pub deferred: IntCounterVec,
     pub scheduled: prometheus::IntGauge,
+    pub provider_errors: IntCounterVec,
+    pub in_flight: IntGaugeVec,
+    pub broker_connected: IntGauge,
+    pub store_duration: HistogramVec,
+    pub class_paused: IntGaugeVec,
+    pub rate_limit_per_minute: IntGaugeVec,
+    pub admin_auth_failures: IntCounter,
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -173,8 +181,72 @@ impl Metrics {
                 "Events held in the schedule now (the scheduler's backlog).",
             )
             .expect("valid metric"),
+            provider_errors: IntCounterVec::new(
+                Opts::new(
+                    "herald_provider_errors_total",
+                    "Provider requests that failed, by channel and kind (invalid_recipient, unsubscribed, rejected, unauthorized, throttled, provider_error, timeout, transport).",
+                ),
+                &["channel", "kind"],
+            )
+            .expect("valid metric"),
+            in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "herald_inflight_deliveries",
+                    "Provider requests open now.",
+                ),
+                &["channel"],
+            )
+            .expect("valid metric"),
+            broker_connected: IntGauge::new(
+                "herald_broker_connected",
+                "1 while herald holds a connection to RabbitMQ, 0 while it reconnects.",
+            )
+            .expect("valid metric"),
+            store_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "herald_store_duration_seconds",
+                    "Time one delivery-store batch took, by operation (claim, record).",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+                &["op"],
+            )
+            .expect("valid metric"),
+            class_paused: IntGaugeVec::new(
+                Opts::new(
+                    "herald_class_paused",
+                    "1 while a class is paused (its consumer stopped by an operator), else 0.",
+                ),
+                &["class"],
+            )
+            .expect("valid metric"),
+            rate_limit_per_minute: IntGaugeVec::new(
+                Opts::new(
+                    "herald_rate_limit_per_minute",
+                    "Each class's current send limit per channel (0: none); changes live with the admin API or a reload.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
+            admin_auth_failures: IntCounter::new(
+                "herald_admin_auth_failures_total",
+                "Admin API requests refused for a missing or wrong token.",
+            )
+            .expect("valid metric"),
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "herald_build_info",
+                    "Always 1; the labels say which herald is running.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
             registry,
         };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
             Box::new(m.deliveries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.delivery_duration.clone()),
@@ -190,6 +262,14 @@ impl Metrics {
             Box::new(m.webhooks.clone()),
             Box::new(m.deferred.clone()),
             Box::new(m.scheduled.clone()),
+            Box::new(m.provider_errors.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.broker_connected.clone()),
+            Box::new(m.store_duration.clone()),
+            Box::new(m.class_paused.clone()),
+            Box::new(m.rate_limit_per_minute.clone()),
+            Box::new(m.admin_auth_failures.clone()),
+            Box::new(m.build_info.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
@@ -199,6 +279,7 @@ impl Metrics {
     /// Creates the zero-valued series for a class, so dashboards and alerts
     /// see them before the first event.
     pub fn declare_class(&self, class: &str, channels: &[Channel]) {
+        self.class_paused.with_label_values(&[class]);
         for ch in channels {
             for outcome in [
                 Outcome::Sent,

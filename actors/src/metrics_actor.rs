@@ -71,10 +71,20 @@ impl Handler<Observe> for MetricsActor {
                 .deliveries
                 .with_label_values(&[channel.as_str(), &class, outcome.label()])
                 .inc(),
-            Observe::ProviderCall { channel, duration } => m
-                .delivery_duration
-                .with_label_values(&[channel.as_str()])
-                .observe(duration.as_secs_f64()),
+            Observe::ProviderCall {
+                channel,
+                duration,
+                error,
+            } => {
+                m.delivery_duration
+                    .with_label_values(&[channel.as_str()])
+                    .observe(duration.as_secs_f64());
+                if let Some(kind) = error {
+                    m.provider_errors
+                        .with_label_values(&[channel.as_str(), kind.label()])
+                        .inc();
+                }
+            }
             Observe::Cost {
                 channel,
                 class,

@@ -38,6 +38,26 @@ pub struct ProviderParams {
     /// Share the account-wide rate with every herald instance (Redis);
     /// `None` keeps it in this process.
     pub shared: Option<SharedPacing>,
+    /// `herald_inflight_deliveries{channel}`: requests open now.
+    pub in_flight: prometheus::IntGauge,
+}
+
+/// One open request on the in-flight gauge, for as long as it lives: a
+/// request dropped with a dying actor leaves the gauge as surely as one
+/// that is answered.
+struct OpenRequest(prometheus::IntGauge);
+
+impl OpenRequest {
+    fn new(gauge: &prometheus::IntGauge) -> OpenRequest {
+        gauge.inc();
+        OpenRequest(gauge.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 pub struct Provider {
@@ -52,6 +72,7 @@ pub struct Provider {
     waiting: BTreeMap<u8, VecDeque<Submit>>,
     /// Requests open now.
     in_flight: u32,
+
     /// No request before this instant (set by a 429).
     paused_until: Option<Instant>,
     /// A timer to drain again is armed.
@@ -138,6 +159,7 @@ impl Provider {
             return;
         };
         self.in_flight += 1;
+        let open = OpenRequest::new(&self.params.in_flight);
         let started = Instant::now();
         let channel = self.params.channel;
         ctx.spawn(
@@ -146,9 +168,11 @@ impl Provider {
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     act.in_flight -= 1;
+                    drop(open);
                     act.registry.observe(Observe::ProviderCall {
                         channel,
                         duration: started.elapsed(),
+                        error: result.as_ref().err().map(|e| e.kind),
                     });
                     let result = result.map(|receipt| act.price(&submit, receipt));
                     act.finish(submit, result, ctx);

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use super::acks::{AckWindow, Frame};
 use super::publisher::{headers, Publisher};
 use super::{header_str, header_u64};
-use crate::config::Config;
+use crate::controls::Controls;
 use crate::event::{self, Envelope, Rejection};
 use crate::schedule;
 use crate::scheduler::{self, Scheduling, DUE_HEADER};
@@ -42,7 +42,8 @@ pub const UNKNOWN_CLASS: &str = "unknown";
 
 /// What every consumer shares.
 pub struct ConsumeContext {
-    pub config: Arc<Config>,
+    /// The config in force (replaced on reload) and the paused classes.
+    pub controls: Arc<Controls>,
     pub registry: Registry,
     pub publisher: Publisher,
     /// Deliveries handed out and not yet settled (for graceful shutdown).
@@ -127,6 +128,11 @@ async fn settle_task(channel: lapin::Channel, mut rx: mpsc::UnboundedReceiver<Se
     // Every ticket is gone: whatever is still held is sent one by one.
     window.flush_stragglers(&mut frames);
     send_frames(&channel, &mut frames).await;
+    // The consumer was cancelled (a paused class, or shutdown) and all it
+    // took is settled: the channel has nothing left to do.
+    if channel.status().connected() {
+        let _ = channel.close(200, "consumer done".into()).await;
+    }
 }
 
 async fn send_frames(channel: &lapin::Channel, frames: &mut Vec<Frame>) {
@@ -219,6 +225,7 @@ async fn handle(
         tx: tx.clone(),
         outstanding: ctx.outstanding.clone(),
     });
+    let config = ctx.controls.config();
     let h = properties.headers().as_ref();
     let class = match source {
         Source::Class(c) => c.clone(),
@@ -238,7 +245,7 @@ async fn handle(
             reason: "unknown_class",
             detail: format!("no class named {:?} is configured", envelope.class),
         }),
-        Source::Class(_) => event::decode(&ctx.config, &envelope, &data),
+        Source::Class(_) => event::decode(&config, &envelope, &data),
     };
     let job = match decoded {
         Ok(job) if ctx.registry.serves(job.channel, &job.class) => {
@@ -268,7 +275,7 @@ async fn handle(
         Err(rejection) => return reject(ctx, envelope, data, rejection, ticket),
     };
     let s = &ctx.scheduling;
-    if let Some(hold) = schedule::hold(&ctx.config, &job, envelope.released, s.clock.now_ms()) {
+    if let Some(hold) = schedule::hold(&config, &job, envelope.released, s.clock.now_ms()) {
         return scheduler::defer(s, &job, hold, ticket);
     }
     let mut msg = Deliver { job, ticket };
@@ -295,7 +302,7 @@ fn reject(
     rejection: Rejection,
     ticket: Ticket,
 ) {
-    let label = if ctx.config.classes.contains_key(&env.class) {
+    let label = if ctx.controls.config().classes.contains_key(&env.class) {
         env.class.clone()
     } else {
         UNKNOWN_CLASS.to_owned()

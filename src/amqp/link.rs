@@ -7,7 +7,7 @@
 //! to their queues by the broker and come again on the new one.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use lapin::options::{BasicCancelOptions, ConfirmSelectOptions};
@@ -46,6 +46,8 @@ pub struct BrokerLink {
     sessions: AtomicUsize,
     /// Set when herald is shutting down: a consumer ending is then expected.
     stopping: AtomicBool,
+    /// `herald_broker_connected`, moved as sessions start and end.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl BrokerLink {
@@ -56,6 +58,21 @@ impl BrokerLink {
         Ok(link)
     }
 
+    /// A link that reports its state in `gauge` (1 connected, 0 not).
+    pub fn with_gauge(gauge: prometheus::IntGauge) -> BrokerLink {
+        gauge.set(0);
+        BrokerLink {
+            gauge: Some(gauge),
+            ..BrokerLink::default()
+        }
+    }
+
+    fn report(&self, connected: bool) {
+        if let Some(g) = &self.gauge {
+            g.set(i64::from(connected));
+        }
+    }
+
     async fn set(&self, conn: Arc<Connection>) -> lapin::Result<()> {
         let publish = conn.create_channel().await?;
         publish
@@ -63,10 +80,12 @@ impl BrokerLink {
             .await?;
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Some(Live { conn, publish });
         self.sessions.fetch_add(1, Ordering::SeqCst);
+        self.report(true);
         Ok(())
     }
 
     fn clear(&self) -> Option<Arc<Connection>> {
+        self.report(false);
         self.live
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -104,11 +123,36 @@ impl BrokerLink {
     }
 }
 
+/// The consumers running now, for shutdown to cancel.
+#[derive(Clone, Default)]
+struct ConsumerSet(Arc<Mutex<Vec<Running>>>);
+
+impl ConsumerSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, r: Running) {
+        self.lock().push(r);
+    }
+
+    fn remove(&self, tag: &str) {
+        self.lock().retain(|r| r.tag != tag);
+    }
+}
+
+async fn cancel(r: &Running) {
+    let _ = r
+        .channel
+        .basic_cancel(r.tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+}
+
 /// Stops a running link: consumers cancelled, then (after the caller's grace
 /// period) the connection closed.
 pub struct LinkControl {
     link: Arc<BrokerLink>,
-    consumers: watch::Receiver<Vec<Running>>,
+    consumers: ConsumerSet,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -117,12 +161,9 @@ impl LinkControl {
     /// arrives; what was delivered stays ours to finish or return.
     pub async fn stop_consuming(&self) {
         self.link.stopping.store(true, Ordering::SeqCst);
-        let running = self.consumers.borrow().clone();
-        for r in running {
-            let _ = r
-                .channel
-                .basic_cancel(r.tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+        let running = self.consumers.lock().clone();
+        for r in &running {
+            cancel(r).await;
         }
     }
 
@@ -142,9 +183,15 @@ pub async fn start(
     link: Arc<BrokerLink>,
     ctx: Arc<ConsumeContext>,
 ) -> LinkControl {
-    let (tx, rx) = watch::channel(Vec::new());
+    let consumers = ConsumerSet::default();
     let (up_tx, mut up_rx) = watch::channel(false);
-    let task = tokio::spawn(maintain(params, link.clone(), ctx, tx, up_tx));
+    let task = tokio::spawn(maintain(
+        params,
+        link.clone(),
+        ctx,
+        consumers.clone(),
+        up_tx,
+    ));
     while !*up_rx.borrow_and_update() {
         if up_rx.changed().await.is_err() {
             break;
@@ -152,7 +199,7 @@ pub async fn start(
     }
     LinkControl {
         link,
-        consumers: rx,
+        consumers,
         task,
     }
 }
@@ -161,7 +208,7 @@ async fn maintain(
     params: LinkParams,
     link: Arc<BrokerLink>,
     ctx: Arc<ConsumeContext>,
-    consumers: watch::Sender<Vec<Running>>,
+    consumers: ConsumerSet,
     up: watch::Sender<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -189,7 +236,7 @@ async fn session(
     params: &LinkParams,
     link: &BrokerLink,
     ctx: &Arc<ConsumeContext>,
-    consumers: &watch::Sender<Vec<Running>>,
+    consumers: &ConsumerSet,
     up: &watch::Sender<bool>,
 ) -> lapin::Result<()> {
     let conn = Arc::new(super::connect(&params.url, params.heartbeat_secs).await?);
@@ -197,32 +244,116 @@ async fn session(
     topology::declare(&setup, &params.classes).await?;
     let _ = setup.close(200, "declared".into()).await;
     link.set(conn.clone()).await?;
-    let mut running = Vec::new();
-    for c in &params.classes {
-        running.push(
-            consumer::start(
-                &conn,
-                Source::Class(c.class.clone()),
-                params.prefetch,
-                ctx.clone(),
-            )
-            .await?,
-        );
+    // The unrouted queue's consumer first: it runs even when every class
+    // is paused, so a lost connection is always noticed.
+    let sources = std::iter::once(Source::Unrouted).chain(
+        params
+            .classes
+            .iter()
+            .map(|c| Source::Class(c.class.clone())),
+    );
+    let mut loops = Vec::new();
+    for source in sources {
+        let first =
+            consumer_while_running(&conn, &source, params.prefetch, ctx, consumers, link).await?;
+        loops.push(Box::pin(keep_consuming(
+            &conn,
+            source,
+            params.prefetch,
+            ctx,
+            consumers,
+            link,
+            first,
+        )));
     }
-    running.push(consumer::start(&conn, Source::Unrouted, params.prefetch, ctx.clone()).await?);
-    let tasks: Vec<_> = running.iter().map(|r| r.done.clone()).collect();
-    consumers.send_replace(running);
     let _ = up.send(true);
     info!(session = link.sessions(), "connected to the broker");
-    // Any consumer ending means the channel or the connection is gone.
-    let ended = futures_util::future::select_all(
-        tasks
-            .into_iter()
-            .map(|n| Box::pin(async move { n.notified().await })),
-    );
-    ended.await;
+    // Any consumer ending on its own means the channel or the connection is
+    // gone.
+    let (ended, _, _) = futures_util::future::select_all(loops).await;
+    if let Err(e) = ended {
+        warn!(error = %e, "a consumer could not restart");
+    }
     if !link.stopping() {
         warn!("lost the broker connection; reconnecting");
     }
     Ok(())
+}
+
+/// Whether `source` is a paused class.
+fn paused(source: &Source, set: &std::collections::BTreeSet<String>) -> bool {
+    matches!(source, Source::Class(c) if set.contains(c))
+}
+
+/// Starts `source`'s consumer unless its class is paused.
+async fn consumer_while_running(
+    conn: &Connection,
+    source: &Source,
+    prefetch: u16,
+    ctx: &Arc<ConsumeContext>,
+    consumers: &ConsumerSet,
+    link: &BrokerLink,
+) -> lapin::Result<Option<Running>> {
+    if paused(source, &ctx.controls.watch_paused().borrow()) {
+        return Ok(None);
+    }
+    let r = consumer::start(conn, source.clone(), prefetch, ctx.clone()).await?;
+    consumers.insert(r.clone());
+    if link.stopping() {
+        // Shutdown began while it started: it missed the cancel.
+        cancel(&r).await;
+    }
+    Ok(Some(r))
+}
+
+/// Runs `source`'s consumer for the session: cancels it while its class
+/// is paused (the channel stays open until what it took is settled) and
+/// starts a new one on resume. Returns when a consumer ends that was not
+/// paused: shutdown, or a lost channel or connection.
+async fn keep_consuming(
+    conn: &Connection,
+    source: Source,
+    prefetch: u16,
+    ctx: &Arc<ConsumeContext>,
+    consumers: &ConsumerSet,
+    link: &BrokerLink,
+    mut running: Option<Running>,
+) -> lapin::Result<()> {
+    let mut pauses = ctx.controls.watch_paused();
+    loop {
+        match running.take() {
+            None => {
+                running =
+                    consumer_while_running(conn, &source, prefetch, ctx, consumers, link).await?;
+                // Still paused: wait for a change.
+                if running.is_none() && pauses.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            Some(r) => {
+                let paused_now = async {
+                    loop {
+                        if paused(&source, &pauses.borrow_and_update()) {
+                            return;
+                        }
+                        if pauses.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = r.done.notified() => {
+                        consumers.remove(&r.tag);
+                        return Ok(());
+                    }
+                    _ = paused_now => {
+                        cancel(&r).await;
+                        r.done.notified().await;
+                        consumers.remove(&r.tag);
+                        info!(?source, "consumer cancelled: class paused");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -243,6 +243,12 @@ impl Store {
         dispatch!(self, message(event_id))
     }
 
+    /// The latest `limit` events that ended dead-lettered or with an
+    /// unknown outcome, newest first (no attempt log).
+    pub async fn recent_failures(&self, limit: u32) -> Result<Vec<MessageView>, StoreError> {
+        dispatch!(self, recent_failures(limit))
+    }
+
     /// A user's messages sent (finished) in `[from_ms, to_ms)`, counted and
     /// priced per channel. The day's window is the caller's: it knows the
     /// time zone.

@@ -823,6 +823,19 @@ macro_rules! backend {
                 Ok(Some(view))
             }
 
+            pub(crate) async fn recent_failures(
+                pool: &Pool<$db>,
+                limit: u32,
+            ) -> Result<Vec<MessageView>, StoreError> {
+                sqlx::query(sql::RECENT_FAILURES)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(message_from_row)
+                    .collect()
+            }
+
             pub(crate) async fn user_cost(
                 pool: &Pool<$db>,
                 user_id: &str,

@@ -70,6 +70,13 @@ SELECT event_id, class, user_id, channel, status, attempts, provider_id, cost_us
 last_error, fallback_from, created_at, updated_at, finished_at, delivery, delivery_error \
 FROM messages WHERE event_id = $1";
 
+/// `$1` most rows: the latest events that ended badly, newest first.
+pub(crate) const RECENT_FAILURES: &str = "\
+SELECT event_id, class, user_id, channel, status, attempts, provider_id, cost_usd, segments, reason, \
+last_error, fallback_from, created_at, updated_at, finished_at, delivery, delivery_error \
+FROM messages WHERE status IN ('dead_lettered', 'outcome_unknown') \
+ORDER BY finished_at DESC LIMIT $1";
+
 pub(crate) const SELECT_ATTEMPTS: &str = "\
 SELECT attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd \
 FROM attempts WHERE event_id = $1 ORDER BY seq";

@@ -84,9 +84,11 @@ pub enum Observe {
         class: Arc<str>,
         outcome: Outcome,
     },
+    /// A provider request ended (`error`: how it failed, if it did).
     ProviderCall {
         channel: Channel,
         duration: Duration,
+        error: Option<crate::model::FailureKind>,
     },
     Cost {
         channel: Channel,
@@ -127,8 +129,14 @@ pub enum Observe {
     },
 }
 
-/// Shutting down: hand every delivery not yet submitted back to the broker
-/// now (sends already open finish normally).
+/// The class's [`ClassRate`](crate::class_sender::ClassRate) changed:
+/// pace by the new limit from now on.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct RateChanged;
+
+/// Shutting down or pausing the class: hand every delivery not yet
+/// submitted back to the broker now (sends already open finish normally).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Release;
