@@ -205,6 +205,10 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let config = Arc::new(config);
         let metrics = Metrics::new();
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let registry = Registry::new();
         // Opened on the I/O runtime, where its statements run (its sockets
         // and pool tasks belong there).

@@ -163,7 +163,7 @@ impl Metrics {
             webhooks: IntCounterVec::new(
                 Opts::new(
                     "herald_webhooks_total",
-                    "Provider webhook requests, by provider and result (applied, ignored, replayed, bad_signature, stale, malformed, unconfigured, store_error).",
+                    "Provider webhook requests, by provider and result (applied, ignored, replayed, unknown_id, out_of_order, bad_signature, stale, malformed, unconfigured, store_error).",
                 ),
                 &["provider", "result"],
             )
@@ -231,7 +231,7 @@ impl Metrics {
             .expect("valid metric"),
             admin_auth_failures: IntCounter::new(
                 "herald_admin_auth_failures_total",
-                "Admin API requests refused for a missing or wrong token.",
+                "Admin API requests refused for a wrong bearer token (requests with none are refused uncounted).",
             )
             .expect("valid metric"),
             build_info: IntGaugeVec::new(
@@ -244,9 +244,6 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
         for c in [
             Box::new(m.deliveries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.delivery_duration.clone()),
@@ -346,7 +343,9 @@ mod tests {
     #[test]
     fn shared_limit_families_exist_only_with_redis() {
         let m = Metrics::new();
-        assert!(!m.encode().contains("herald_rate_limit_"));
+        let text = m.encode();
+        assert!(!text.contains("herald_rate_limit_shared"), "{text}");
+        assert!(!text.contains("herald_rate_limit_degraded_total"), "{text}");
         let status = m.shared_limits();
         let text = m.encode();
         assert!(text.contains("herald_rate_limit_shared 1"), "{text}");
