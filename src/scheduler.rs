@@ -79,7 +79,7 @@ pub fn defer(s: &Scheduling, job: &Job, hold: Hold, ticket: Ticket) {
                 ticket.ack();
             }
             Err(e) => {
-                warn!(event_id = %event.event_id, error = %e,
+                warn!(event_id = %event.event_id, class = %event.class, error = %e,
                     "could not hold the event in the store; returning it to the broker");
                 tokio::time::sleep(STORE_DOWN_PAUSE).await;
                 drop(ticket);

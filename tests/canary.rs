@@ -90,6 +90,30 @@ impl Canaries {
     }
 }
 
+/// Every log line is JSON, and every line of herald's about an event names
+/// the event's id and class (in its fields or its spans').
+fn check_event_lines(logs: &str) {
+    let mut about_events = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if !v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("herald"))
+        {
+            continue;
+        }
+        let mut scopes = vec![&v["fields"]];
+        scopes.extend(v["spans"].as_array().into_iter().flatten());
+        let has = |k: &str| scopes.iter().any(|s| !s[k].is_null());
+        if has("event_id") {
+            about_events += 1;
+            assert!(has("class"), "an event's line without its class: {line}");
+        }
+    }
+    assert!(about_events >= 5, "{about_events} lines about events");
+}
+
 fn event_to(id: &str, phone: Option<&str>, email: Option<&str>) -> Vec<u8> {
     let mut body: serde_json::Value = serde_json::from_slice(&event(id, phone, email)).unwrap();
     body["user_id"] = "canary-user".into();
@@ -167,6 +191,7 @@ async fn no_secret_or_address_leaks_into_logs_metrics_api_answers_or_dead_letter
     .env("HERALD_ADMIN_TOKEN", &c.admin)
     .env("HERALD_PUBLIC_URL", &public_url)
     .env("RUST_LOG", "trace")
+    .env("HERALD_LOG_FORMAT", "json")
     .stdout(log.try_clone().unwrap())
     .stderr(log)
     .spawn()
@@ -358,10 +383,11 @@ async fn no_secret_or_address_leaks_into_logs_metrics_api_answers_or_dead_letter
     assert!(status.success(), "{status}");
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(
-        logs.lines().count() > 1000 && logs.contains("TRACE"),
+        logs.lines().count() > 1000 && logs.contains(r#""level":"TRACE""#),
         "the run logged at TRACE ({} lines)",
         logs.lines().count()
     );
+    check_event_lines(&logs);
 
     let places = [
         ("logs", logs.as_str()),

@@ -293,6 +293,12 @@ async fn handle(
     }
 }
 
+/// Just the id of an event body that may be invalid otherwise.
+#[derive(serde::Deserialize)]
+struct EventId {
+    id: String,
+}
+
 /// Dead-letters an event that cannot be delivered: one log line, one metric,
 /// and an ack once the dead letter is confirmed.
 fn reject(
@@ -307,7 +313,14 @@ fn reject(
     } else {
         UNKNOWN_CLASS.to_owned()
     };
-    let span = tracing::warn_span!("dead_letter", class = %label, reason = rejection.reason);
+    // The id, when the body has one to read: every line about an event
+    // names it.
+    let event_id = serde_json::from_slice::<EventId>(&body)
+        .ok()
+        .map(|e| e.id.chars().take(128).collect::<String>())
+        .unwrap_or_default();
+    let span =
+        tracing::warn_span!("dead_letter", %event_id, class = %label, reason = rejection.reason);
     span.in_scope(|| warn!(detail = %rejection.detail, "event rejected"));
     ctx.registry.observe(Observe::DeadLetter {
         class: label.into(),
