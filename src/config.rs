@@ -1566,6 +1566,12 @@ impl Config {
                     format!("{base}.fallback"),
                     format!("must differ from channel ({ch})"),
                 ),
+                // Fallback turns a failed SMS into an email; there is no
+                // email-to-SMS path (an email carries no phone number).
+                Some(_) if class.fallback == Some(Channel::Sms) => c.push(
+                    format!("{base}.fallback"),
+                    "must be \"email\" (herald falls back from SMS to email only)",
+                ),
                 Some(_) => {}
             }
 
@@ -2283,6 +2289,17 @@ event = {{}}
             "priority = 1\nchannel = \"sms\"\nfallback = \"sms\"\nrate_limit = { sms = 5 }\nretries = 0\nbase_delay_secs = 1",
         ));
         assert_eq!(p, ["classes.c.fallback: must differ from channel (sms)"]);
+    }
+
+    #[test]
+    fn fallback_only_from_sms_to_email() {
+        let p = problems(&with_class(
+            "priority = 1\nchannel = \"email\"\nfallback = \"sms\"\nrate_limit = { sms = 5, email = 5 }\nretries = 0\nbase_delay_secs = 1",
+        ));
+        assert_eq!(
+            p,
+            ["classes.c.fallback: must be \"email\" (herald falls back from SMS to email only)"]
+        );
     }
 
     #[test]

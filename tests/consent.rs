@@ -468,6 +468,12 @@ async fn shuffled_status_callbacks_end_at_the_true_status_and_undelivered_falls_
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(w.resend.sent_count(), 1);
     assert_eq!(w.resend.sent()[0].to, "Jane <r1@example.com>");
+    assert_eq!(
+        h.metric(r#"herald_fallbacks_total{class="payment_reminder",from="sms",to="email"}"#)
+            .await,
+        1.0,
+        "a receipt's fallback is counted as a fallback"
+    );
     let r = record_of(&h, "r-2").await;
     assert_eq!(
         (

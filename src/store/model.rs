@@ -180,14 +180,15 @@ pub struct Receipt {
 }
 
 /// What a receipt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiptOutcome {
     /// No message has this provider id.
     Unknown,
     /// The message already had this or a later status.
     Stale,
-    /// Applied; `fallback`: an email fallback was scheduled.
-    Applied { fallback: bool },
+    /// Applied; `fallback`: the class of an event whose email fallback was
+    /// scheduled.
+    Applied { fallback: Option<String> },
 }
 
 /// An event held until a time, exactly as it will be published again.

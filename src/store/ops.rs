@@ -403,7 +403,7 @@ macro_rules! backend {
                 };
                 let event_id: String = row.try_get(0)?;
                 let channel: String = row.try_get(1)?;
-                let mut fallback = false;
+                let mut fallback = None;
                 if r.failed && channel == "sms" {
                     let kept = sqlx::query(sql::TAKE_FALLBACK)
                         .bind(event_id.as_str())
@@ -432,7 +432,7 @@ macro_rules! backend {
                             .bind(kept.try_get::<String, _>(1)?)
                             .execute(&mut *tx)
                             .await?;
-                        fallback = true;
+                        fallback = Some(kept.try_get::<String, _>(0)?);
                     }
                 }
                 tx.commit().await?;

@@ -160,8 +160,13 @@ impl WebhookState {
     async fn receipt(&self, receipt: Receipt) -> Verdict {
         match self.store.receipt(&receipt).await {
             Ok(ReceiptOutcome::Applied { fallback }) => {
-                if fallback {
-                    info!(status = %receipt.status, "an accepted SMS came back undelivered; falling back to email");
+                if let Some(class) = fallback {
+                    info!(status = %receipt.status, %class,
+                        "an accepted SMS came back undelivered; falling back to email");
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&["sms", "email", &class])
+                        .inc();
                 }
                 Verdict::Applied
             }
