@@ -5,7 +5,7 @@
 //! task per consumer, which coalesces runs of acks into one multiple-ack
 //! ([`super::acks`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +59,10 @@ pub struct Running {
     pub tag: String,
     /// Notified once when the consumer's stream ends.
     pub done: Arc<tokio::sync::Notify>,
+    /// Set before a cancel that leaves the connection up (a paused class):
+    /// the channel is closed once what it took is settled. (At shutdown the
+    /// connection's close takes the channels with it.)
+    pub retired: Arc<AtomicBool>,
 }
 
 /// Which queue a consumer reads.
@@ -98,7 +102,11 @@ impl Settle for LapinSettle {
 /// Settles the channel's deliveries with the broker: each wake-up takes
 /// every settlement queued, and sends requeues alone and runs of acks as one
 /// multiple-ack.
-async fn settle_task(channel: lapin::Channel, mut rx: mpsc::UnboundedReceiver<Settled>) {
+async fn settle_task(
+    channel: lapin::Channel,
+    mut rx: mpsc::UnboundedReceiver<Settled>,
+    retired: Arc<AtomicBool>,
+) {
     let mut window = AckWindow::new();
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     let mut frames = Vec::new();
@@ -128,9 +136,9 @@ async fn settle_task(channel: lapin::Channel, mut rx: mpsc::UnboundedReceiver<Se
     // Every ticket is gone: whatever is still held is sent one by one.
     window.flush_stragglers(&mut frames);
     send_frames(&channel, &mut frames).await;
-    // The consumer was cancelled (a paused class, or shutdown) and all it
-    // took is settled: the channel has nothing left to do.
-    if channel.status().connected() {
+    // The consumer was retired (its class paused) and all it took is
+    // settled: the channel has nothing left to do.
+    if retired.load(Ordering::SeqCst) && channel.status().connected() {
         let _ = channel.close(200, "consumer done".into()).await;
     }
 }
@@ -182,13 +190,15 @@ pub async fn start(
         )
         .await?;
     let (tx, rx) = mpsc::unbounded_channel::<Settled>();
-    tokio::spawn(settle_task(channel.clone(), rx));
+    let retired = Arc::new(AtomicBool::new(false));
+    tokio::spawn(settle_task(channel.clone(), rx, retired.clone()));
     info!(queue, prefetch, "consuming");
     let done = Arc::new(tokio::sync::Notify::new());
     let running = Running {
         channel,
         tag,
         done: done.clone(),
+        retired,
     };
     tokio::spawn(async move {
         while let Some(next) = consumer.next().await {

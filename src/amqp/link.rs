@@ -347,6 +347,7 @@ async fn keep_consuming(
                         return Ok(());
                     }
                     _ = paused_now => {
+                        r.retired.store(true, Ordering::SeqCst);
                         cancel(&r).await;
                         r.done.notified().await;
                         consumers.remove(&r.tag);

@@ -314,7 +314,8 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<SqlitePool, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        .pragma("cache_size", "-512");
     let pool_options = SqlitePoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
     // An in-memory database lives as long as a connection to it: keep one.
     let pool_options = if in_memory {
