@@ -254,6 +254,20 @@ async fn a_live_rate_change_shows_in_metrics_and_in_the_pace() {
     // At 30/min: the first at once, then one per 2 s.
     let slow = sent_with(&w, "pace").len();
     assert!(slow <= 4, "{slow} sent in ~3 s at 30/min");
+    // 0: nothing more goes.
+    api.ok(
+        "PUT",
+        "/api/classes/weekly_checkin/rate_limit",
+        Some(serde_json::json!({"per_minute": 0})),
+    )
+    .await;
+    let stopped = sent_with(&w, "pace").len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sent_with(&w, "pace").len(),
+        stopped,
+        "a limit of 0 sends nothing"
+    );
     let v = api
         .ok(
             "PUT",

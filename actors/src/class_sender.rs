@@ -96,8 +96,8 @@ pub struct ClassSender {
     limiter: Pace,
     /// Deliveries waiting for the limiter (at most the consumer's prefetch).
     waiting: VecDeque<Deliver>,
-    /// A timer to pump again is armed.
-    wake_armed: bool,
+    /// The timer armed to pump again, if any.
+    wake: Option<SpawnHandle>,
     /// Where the provider, fallback and metrics actors are.
     registry: Registry,
     /// Confirmed publishes of retries and dead letters.
@@ -113,7 +113,7 @@ impl ClassSender {
             limiter: class_pace(&params),
             params,
             waiting: VecDeque::new(),
-            wake_armed: false,
+            wake: None,
             registry,
             broker,
         }
@@ -185,14 +185,13 @@ impl ClassSender {
     }
 
     fn wake_after(&mut self, after: Duration, ctx: &mut Context<Self>) {
-        if self.wake_armed {
+        if self.wake.is_some() {
             return;
         }
-        self.wake_armed = true;
-        ctx.run_later(after, |act, ctx| {
-            act.wake_armed = false;
+        self.wake = Some(ctx.run_later(after, |act, ctx| {
+            act.wake = None;
             act.pump(ctx);
-        });
+        }));
     }
 
     fn observe_outcome(&self, outcome: Outcome) {
@@ -423,6 +422,11 @@ impl Handler<RateChanged> for ClassSender {
         let _span = self.span.clone().entered();
         info!(per_min = self.params.rate.get(), "rate limit changed");
         self.limiter = class_pace(&self.params);
+        // A wake-up armed by the old pace (never, for a limit of 0) must
+        // not hold the new one back.
+        if let Some(wake) = self.wake.take() {
+            ctx.cancel_future(wake);
+        }
         self.pump(ctx);
     }
 }
