@@ -159,24 +159,49 @@ async fn user_cost(
     user: web::Path<String>,
     q: web::Query<CostQuery>,
 ) -> HttpResponse {
-    let day = match &q.date {
+    let Some((_, start, end)) = utc_day(q.date.as_deref()) else {
+        return bad_date();
+    };
+    match state.store.user_cost(&user, start, end).await {
+        Ok(cost) => HttpResponse::Ok().json(cost),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `date=YYYY-MM-DD` as its UTC day in ms, `[start, end)`; today by
+/// default; `None` if it is not a date.
+fn utc_day(date: Option<&str>) -> Option<(NaiveDate, i64, i64)> {
+    let day = match date {
         None => chrono::Utc::now().date_naive(),
-        Some(d) => match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
-            Ok(day) => day,
-            Err(_) => {
-                return HttpResponse::BadRequest()
-                    .json(serde_json::json!({"error": "date must be YYYY-MM-DD"}))
-            }
-        },
+        Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()?,
     };
     let start = day
         .and_hms_opt(0, 0, 0)
         .expect("midnight exists")
         .and_utc()
         .timestamp_millis();
-    let end = start + 24 * 3600 * 1000;
-    match state.store.user_cost(&user, start, end).await {
-        Ok(cost) => HttpResponse::Ok().json(cost),
+    Some((day, start, start + 24 * 3600 * 1000))
+}
+
+fn bad_date() -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({"error": "date must be YYYY-MM-DD"}))
+}
+
+/// `GET /api/costs?date=`: what every class spent on a UTC day (today by
+/// default), from the store, so across every instance sharing it.
+async fn costs(state: web::Data<ApiState>, q: web::Query<CostQuery>) -> HttpResponse {
+    let Some((day, start, end)) = utc_day(q.date.as_deref()) else {
+        return bad_date();
+    };
+    match state.store.class_cost(start, end).await {
+        Ok(classes) => HttpResponse::Ok().json(serde_json::json!({
+            "date": day.to_string(),
+            "from_ms": start,
+            "to_ms": end,
+            "cost_usd": classes.iter().map(|c| c.cost.cost_usd).sum::<f64>(),
+            "messages": classes.iter().map(|c| c.cost.messages).sum::<u64>(),
+            "classes": classes,
+        })),
         Err(e) => store_error(e),
     }
 }
@@ -492,6 +517,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ApiState) {
             .route("/dlq", web::delete().to(dlq_purge))
             .route("/dlq/replay", web::post().to(dlq_replay))
             .route("/failures", web::get().to(failures))
+            .route("/costs", web::get().to(costs))
             .route("/messages/{id}", web::get().to(message))
             .route("/users/{id}/cost", web::get().to(user_cost))
             .route("/users/{id}", web::delete().to(erase_user))

@@ -163,27 +163,20 @@ pub async fn replay(
             .publish_event(&letter.class, &id, &d.data, priority)
             .await
             .map_err(|e| e.to_string())?;
-        d.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        ack(&d).await
     })
     .await
 }
 
 /// Deletes the dead letters `which` selects; returns how many.
 pub async fn purge(conn: &Connection, which: Which<'_>) -> Result<usize, String> {
-    take_each(
-        conn,
-        |l| which.matches(l),
-        async |d, _| {
-            d.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await
+    take_each(conn, |l| which.matches(l), async |d, _| ack(&d).await).await
+}
+
+async fn ack(d: &lapin::message::Delivery) -> Result<(), String> {
+    d.acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use herald::engine::Engine;
 use herald::fakes::FakeResponse;
-use lapin::options::ConfirmSelectOptions;
-use lapin::BasicProperties;
 use serde_json::Value;
 use support::*;
 
@@ -58,32 +56,6 @@ impl Api {
         assert_eq!(status, 200, "{method} {path}: {v}");
         v
     }
-}
-
-/// Publishes every body on one confirm channel (fast enough for thousands).
-async fn publish_many(conn: &lapin::Connection, class: &str, bodies: &[Vec<u8>]) {
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mut confirms = Vec::with_capacity(bodies.len());
-    for b in bodies {
-        confirms.push(
-            ch.basic_publish(
-                "herald".into(),
-                class.into(),
-                Default::default(),
-                b,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for c in confirms {
-        c.await.unwrap();
-    }
-    let _ = ch.close(200, "done".into()).await;
 }
 
 fn sms_events(prefix: &str, n: usize) -> Vec<Vec<u8>> {
@@ -530,6 +502,22 @@ async fn prometheus_scrapes_what_was_sent_and_what_waits() {
         Some(1.0)
     );
     assert_eq!(prom.value("herald_broker_connected").await, Some(1.0));
+    // Today's spend, from the store: 25 one-segment SMS.
+    let costs = api.ok("GET", "/api/costs", None).await;
+    let wc: Vec<&Value> = costs["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["class"] == "weekly_checkin")
+        .collect();
+    assert_eq!(wc.len(), 1, "{costs}");
+    assert_eq!(wc[0]["messages"], 25);
+    assert!(
+        (wc[0]["cost_usd"].as_f64().unwrap() - 25.0 * 0.0075).abs() < 1e-9,
+        "{costs}"
+    );
+    let (status, _) = api.call("GET", "/api/costs?date=yesterday", None).await;
+    assert_eq!(status, 400);
     engine.stop(Duration::from_secs(5)).await;
 }
 

@@ -33,8 +33,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 pub use error::StoreError;
 pub use model::{
-    now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, FrequencyCap, KeptEvent,
-    MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
+    now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost, FrequencyCap,
+    KeptEvent, MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
     SuppressionAction, SuppressionChange, SuppressionView, UserCost,
 };
 
@@ -247,6 +247,12 @@ impl Store {
     /// unknown outcome, newest first (no attempt log).
     pub async fn recent_failures(&self, limit: u32) -> Result<Vec<MessageView>, StoreError> {
         dispatch!(self, recent_failures(limit))
+    }
+
+    /// Every class's messages sent (finished) in `[from_ms, to_ms)`, counted
+    /// and priced per channel: what all instances sharing the store spent.
+    pub async fn class_cost(&self, from_ms: i64, to_ms: i64) -> Result<Vec<ClassCost>, StoreError> {
+        dispatch!(self, class_cost(from_ms, to_ms))
     }
 
     /// A user's messages sent (finished) in `[from_ms, to_ms)`, counted and

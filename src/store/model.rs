@@ -475,6 +475,14 @@ pub struct UserCost {
     pub channels: Vec<ChannelCost>,
 }
 
+/// One class's sends on one channel over a window, and their cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassCost {
+    pub class: String,
+    #[serde(flatten)]
+    pub cost: ChannelCost,
+}
+
 /// One channel's share of a [`UserCost`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChannelCost {

@@ -71,9 +71,9 @@ macro_rules! backend {
 
             use super::{Written, UNFINISHED_ERROR};
             use crate::store::model::{
-                AuditView, ChannelCost, Claim, ClaimOutcome, FrequencyCap, MessageView, Outcome,
-                Receipt, ReceiptOutcome, Record, ScheduledEvent, Status, SuppressionAction,
-                SuppressionChange, SuppressionView,
+                AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost, FrequencyCap, MessageView,
+                Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
+                SuppressionAction, SuppressionChange, SuppressionView,
             };
             use crate::store::{
                 attempt_from_row, channel_cost_from_row, message_from_row, parse_status,
@@ -850,6 +850,26 @@ macro_rules! backend {
                     .await?
                     .iter()
                     .map(channel_cost_from_row)
+                    .collect()
+            }
+
+            pub(crate) async fn class_cost(
+                pool: &Pool<$db>,
+                from_ms: i64,
+                to_ms: i64,
+            ) -> Result<Vec<ClassCost>, StoreError> {
+                sqlx::query(sql::CLASS_COST)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok(ClassCost {
+                            class: row.try_get("class")?,
+                            cost: channel_cost_from_row(row)?,
+                        })
+                    })
                     .collect()
             }
 

@@ -87,6 +87,12 @@ SELECT channel, COUNT(*) AS messages, SUM(cost_usd) AS cost_usd FROM messages \
 WHERE user_id = $1 AND finished_at >= $2 AND finished_at < $3 AND status = 'sent' \
 GROUP BY channel ORDER BY channel";
 
+/// Every class's sends finished in `[$1, $2)`, per channel.
+pub(crate) const CLASS_COST: &str = "\
+SELECT class, channel, COUNT(*) AS messages, SUM(cost_usd) AS cost_usd FROM messages \
+WHERE status = 'sent' AND finished_at >= $1 AND finished_at < $2 \
+GROUP BY class, channel ORDER BY class, channel";
+
 /// One retention batch of delivered messages; attempts follow by cascade.
 /// `$1` cutoff, `$2` batch size.
 pub(crate) const PURGE_SENT: &str = "\

@@ -172,6 +172,31 @@ pub async fn publish_raw(conn: &Connection, routing_key: &str, body: &[u8]) {
     let _ = ch.close(200, "done".into()).await;
 }
 
+/// Publishes every body on one confirm channel, then awaits the confirms
+/// (fast enough for thousands).
+pub async fn publish_many(conn: &Connection, class: &str, bodies: &[Vec<u8>]) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let mut confirms = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        confirms.push(
+            ch.basic_publish(
+                "herald".into(),
+                class.into(),
+                Default::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let _ = ch.close(200, "done".into()).await;
+}
+
 /// A dead letter as read back from `herald.dlq`.
 #[derive(Debug, Clone)]
 pub struct Letter {
