@@ -244,6 +244,8 @@ async fn session(
     topology::declare(&setup, &params.classes).await?;
     let _ = setup.close(200, "declared".into()).await;
     link.set(conn.clone()).await?;
+    // The last session's consumers died with its connection.
+    consumers.lock().clear();
     // The unrouted queue's consumer first: it runs even when every class
     // is paused, so a lost connection is always noticed.
     let sources = std::iter::once(Source::Unrouted).chain(
