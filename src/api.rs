@@ -226,13 +226,10 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-/// An address as the API shows it: masked, as everywhere outside the store.
+/// An address as the API shows it: masked, as everywhere outside the store
+/// (the store's channel column is `sms` or `email`).
 fn masked(channel: &str, address: &str) -> String {
-    if channel == "sms" {
-        mask::phone(address)
-    } else {
-        mask::email(address)
-    }
+    mask::address(Channel::parse(channel).unwrap_or(Channel::Email), address)
 }
 
 async fn suppressions(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> HttpResponse {

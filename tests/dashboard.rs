@@ -107,10 +107,12 @@ async fn the_dashboard_shows_live_numbers_and_its_replay_button_empties_the_dlq(
             .expect("a JSON summary"),
     )
     .unwrap();
-    assert!(
-        summary["sent_after"].as_f64() > summary["sent_before"].as_f64(),
-        "{summary}"
-    );
+    let sent = |k: &str| {
+        summary[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {summary}"))
+    };
+    assert!(sent("sent_after") > sent("sent_before"), "{summary}");
     assert_eq!(summary["dlq_before"], 3, "{summary}");
     assert_eq!(summary["dlq_after"], 0, "{summary}");
     assert!(

@@ -529,19 +529,11 @@ async fn promtool_finds_nothing_wrong_and_series_do_not_grow_with_recipients() {
     w.config.providers.twilio.rate_per_sec = 0.0;
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let conn = w.vhost.connect().await;
-    let text = |addr| async move {
-        reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     // 100 recipients, each a distinct phone number, user and event.
     publish_many(&conn, "weekly_checkin", &sms_events("card", 100)).await;
     eventually(20, || w.twilio.sent_count() == 100).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let after_100 = text(engine.http_addr).await;
+    let after_100 = metrics_text(engine.http_addr).await;
 
     // promtool lints the exposition: names, help, units, histogram shape.
     let mut lint = std::process::Command::new("promtool")
@@ -578,7 +570,7 @@ async fn promtool_finds_nothing_wrong_and_series_do_not_grow_with_recipients() {
     publish_many(&conn, "weekly_checkin", &more).await;
     eventually(180, || w.twilio.sent_count() == 10_000).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let after_10k = text(engine.http_addr).await;
+    let after_10k = metrics_text(engine.http_addr).await;
     assert_eq!(series(&after_10k), series(&after_100));
     assert!(!after_10k.contains("555100"), "no recipient in a label");
     engine.stop(Duration::from_secs(5)).await;

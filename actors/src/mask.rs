@@ -29,6 +29,15 @@ pub fn email(e: &str) -> String {
     }
 }
 
+/// Masks a channel's address: a phone number for SMS, an email address for
+/// email.
+pub fn address(channel: crate::model::Channel, a: &str) -> String {
+    match channel {
+        crate::model::Channel::Sms => phone(a),
+        crate::model::Channel::Email => email(a),
+    }
+}
+
 /// Masks whatever in free text looks like a phone number (a run of 7+ digits,
 /// optionally led by `+`) or an email address. For provider error messages,
 /// which often quote the address they refused.

@@ -728,6 +728,17 @@ mod tests {
         up: std::sync::atomic::AtomicBool,
     }
 
+    impl MemoryLimits {
+        /// A store that is up, on `clock`.
+        fn on(clock: &Arc<Mutex<Instant>>) -> Arc<MemoryLimits> {
+            Arc::new(MemoryLimits {
+                clock: clock.clone(),
+                tat: Mutex::new(Default::default()),
+                up: true.into(),
+            })
+        }
+    }
+
     impl SharedLimits for MemoryLimits {
         fn acquire(
             &self,
@@ -801,11 +812,7 @@ mod tests {
     async fn three_paces_share_one_limit_and_report_an_outage_once() {
         let t0 = Instant::now();
         let clock = Arc::new(Mutex::new(t0));
-        let store = Arc::new(MemoryLimits {
-            clock: clock.clone(),
-            tat: Mutex::new(Default::default()),
-            up: true.into(),
-        });
+        let store = MemoryLimits::on(&clock);
         let status = SharedStatus::detached();
         let pacing = SharedPacing {
             limits: store.clone(),
@@ -851,11 +858,7 @@ mod tests {
     async fn late_timers_cost_no_slots() {
         let t0 = Instant::now();
         let clock = Arc::new(Mutex::new(t0));
-        let store = Arc::new(MemoryLimits {
-            clock: clock.clone(),
-            tat: Mutex::new(Default::default()),
-            up: true.into(),
-        });
+        let store = MemoryLimits::on(&clock);
         let pacing = SharedPacing {
             limits: store,
             status: SharedStatus::detached(),

@@ -107,10 +107,7 @@ impl SandboxClient {
             Channel::Sms => twilio_message_sid(),
             Channel::Email => uuid_v4(),
         };
-        let to = match inner.channel {
-            Channel::Sms => mask::phone(&msg.to),
-            Channel::Email => mask::email(&msg.to),
-        };
+        let to = mask::address(inner.channel, &msg.to);
         let record = serde_json::json!({
             "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "channel": inner.channel.as_str(),

@@ -247,15 +247,19 @@ pub async fn eventually(secs: u64, what: impl Fn() -> bool) {
     assert!(what(), "condition not reached within {secs}s");
 }
 
-/// Fetches `/metrics` and returns the value of one series (0 if absent).
-pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
+/// Fetches `/metrics`, the whole exposition.
+pub async fn metrics_text(addr: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    metric_in(&text, series)
+        .unwrap()
+}
+
+/// Fetches `/metrics` and returns the value of one series (0 if absent).
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    metric_in(&metrics_text(addr).await, series)
 }
 
 /// Waits (up to `secs`) for `series` to reach `want`: metrics move after
