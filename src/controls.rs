@@ -123,22 +123,30 @@ impl Controls {
         }
     }
 
-    /// Stops the class's consumer: nothing more is taken from its queue,
-    /// and deliveries waiting for its rate limit go back to the queue. Sends
-    /// already with a provider finish. Returns whether it was running.
+    /// Stops the class's consumer (the broker link watches the paused
+    /// set): nothing more is taken from its queue, and once the consumer is
+    /// cancelled the deliveries waiting for its rate limit go back to the
+    /// queue ([`release`](Self::release)). Sends already with a provider
+    /// finish. Returns whether it was running.
     pub fn pause(&self, class: &str) -> Result<bool, ControlError> {
         self.known(class)?;
         let changed = self.paused.send_if_modified(|p| p.insert(class.to_owned()));
         if changed {
             self.metrics.class_paused.with_label_values(&[class]).set(1);
-            for ((channel, c), _) in self.rates.iter().filter(|((_, c), _)| c == class) {
-                if let Some(sender) = self.registry.sender(*channel, c) {
-                    sender.do_send(Release);
-                }
-            }
             info!(class, "class paused");
         }
         Ok(changed)
+    }
+
+    /// Hands the class's waiting deliveries back to the broker. The broker
+    /// link calls it once the paused class's consumer is cancelled: before
+    /// that, the broker could deliver them straight back to it.
+    pub fn release(&self, class: &str) {
+        for ((channel, c), _) in self.rates.iter().filter(|((_, c), _)| c == class) {
+            if let Some(sender) = self.registry.sender(*channel, c) {
+                sender.do_send(Release);
+            }
+        }
     }
 
     /// Starts the class's consumer again. Returns whether it was paused.

@@ -353,6 +353,9 @@ async fn keep_consuming(
                         cancel(&r).await;
                         r.done.notified().await;
                         consumers.remove(&r.tag);
+                        if let Source::Class(class) = &source {
+                            ctx.controls.release(class);
+                        }
                         info!(?source, "consumer cancelled: class paused");
                     }
                 }
