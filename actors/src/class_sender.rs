@@ -96,8 +96,8 @@ pub struct ClassSender {
     limiter: Pace,
     /// Deliveries waiting for the limiter (at most the consumer's prefetch).
     waiting: VecDeque<Deliver>,
-    /// The timer armed to pump again, if any.
-    wake: Option<SpawnHandle>,
+    /// The timer armed to pump again, and when it fires, if any.
+    wake: Option<(Instant, SpawnHandle)>,
     /// Where the provider, fallback and metrics actors are.
     registry: Registry,
     /// Confirmed publishes of retries and dead letters.
@@ -184,14 +184,25 @@ impl ClassSender {
         }
     }
 
+    /// Pumps again after `after`, or sooner if a wake-up is already armed
+    /// for sooner. A later one is replaced: a pace that got faster (a new
+    /// rate limit) is never held back by the slower one's timer.
     fn wake_after(&mut self, after: Duration, ctx: &mut Context<Self>) {
-        if self.wake.is_some() {
-            return;
+        // A limit of 0 waits "forever": look again hourly instead (and keep
+        // the arithmetic below from overflowing).
+        let after = after.min(Duration::from_secs(3600));
+        let at = Instant::now() + after;
+        if let Some((armed_at, handle)) = self.wake {
+            if armed_at <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
         }
-        self.wake = Some(ctx.run_later(after, |act, ctx| {
+        let handle = ctx.run_later(after, |act, ctx| {
             act.wake = None;
             act.pump(ctx);
-        }));
+        });
+        self.wake = Some((at, handle));
     }
 
     fn observe_outcome(&self, outcome: Outcome) {
@@ -422,11 +433,6 @@ impl Handler<RateChanged> for ClassSender {
         let _span = self.span.clone().entered();
         info!(per_min = self.params.rate.get(), "rate limit changed");
         self.limiter = class_pace(&self.params);
-        // A wake-up armed by the old pace (never, for a limit of 0) must
-        // not hold the new one back.
-        if let Some(wake) = self.wake.take() {
-            ctx.cancel_future(wake);
-        }
         self.pump(ctx);
     }
 }
