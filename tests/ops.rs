@@ -575,3 +575,62 @@ async fn promtool_finds_nothing_wrong_and_series_do_not_grow_with_recipients() {
     assert!(!after_10k.contains("555100"), "no recipient in a label");
     engine.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
+    let w = world();
+    let config = w.dir.path().join("herald.toml");
+    let shipped = herald::bench::rewrite_config(None, &[("enabled = true", "enabled = false")]);
+    let old = "rate_limit = { sms = 50, email = 25 }";
+    assert_eq!(shipped.matches(old).count(), 1, "weekly_checkin's limits");
+    std::fs::write(&config, &shipped).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let store_url = format!("sqlite://{}/herald.db", w.dir.path().display());
+    let mut child = herald::bench::HeraldChild {
+        exe: env!("CARGO_BIN_EXE_herald").as_ref(),
+        config: &config,
+        dir: w.dir.path(),
+        amqp_url: &w.vhost.url(),
+        addr: &addr,
+        store_url: &store_url,
+        twilio: &w.twilio,
+        resend: &w.resend,
+    }
+    .command()
+    .spawn()
+    .unwrap();
+    herald::bench::wait_ready(&addr, &mut child).await.unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let limit = r#"herald_rate_limit_per_minute{channel="sms",class="weekly_checkin"}"#;
+    assert_eq!(metric(addr, limit).await, 50.0);
+    let hup = |pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    };
+
+    std::fs::write(
+        &config,
+        shipped.replace(old, "rate_limit = { sms = 77, email = 25 }"),
+    )
+    .unwrap();
+    hup(child.id());
+    assert_eq!(metric_reaching(addr, limit, 77.0, 10).await, 77.0);
+
+    std::fs::write(&config, shipped.replace("priority = 3", "priority = 99")).unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(metric(addr, limit).await, 77.0, "the old config stays");
+
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert!(child.wait().unwrap().success());
+}
