@@ -17,10 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::future::join_all;
 use herald::limits::RedisLimits;
 use herald_actors::ports::SharedLimits;
-use lapin::BasicProperties;
 use support::*;
 
 /// The class every test sends: SMS, no fallback.
@@ -191,30 +189,7 @@ fn config(per_min: u32, provider_per_sec: f64, instances: u32) -> String {
 /// any window is measured.
 async fn publish_backlog(w: &World, n: usize) {
     let conn = w.vhost.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    let mut confirms = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("gl-{i}");
-        let phone = format!("+1555{:07}", 1_000_000 + i);
-        let body = event(&id, Some(&phone), None);
-        confirms.push(
-            ch.basic_publish(
-                "herald".into(),
-                CLASS.into(),
-                Default::default(),
-                &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_priority(5),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for c in join_all(confirms).await {
-        assert!(matches!(c.unwrap(), lapin::Confirmation::Ack(None)));
-    }
+    publish_many(&conn, CLASS, &sms_events("gl", n)).await;
     let _ = conn.close(200, "published".into()).await;
 }
 

@@ -58,18 +58,6 @@ impl Api {
     }
 }
 
-fn sms_events(prefix: &str, n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            event(
-                &format!("{prefix}-{i}"),
-                Some(&format!("+1555{:07}", 1_000_000 + i)),
-                None,
-            )
-        })
-        .collect()
-}
-
 fn sent_with(w: &World, prefix: &str) -> Vec<String> {
     w.twilio
         .sent()
@@ -558,16 +546,8 @@ async fn promtool_finds_nothing_wrong_and_series_do_not_grow_with_recipients() {
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 
     // 9,900 more distinct recipients: not one series more.
-    let more: Vec<Vec<u8>> = (100..10_000)
-        .map(|i| {
-            event(
-                &format!("card-{i}"),
-                Some(&format!("+1555{:07}", 1_000_000 + i)),
-                None,
-            )
-        })
-        .collect();
-    publish_many(&conn, "weekly_checkin", &more).await;
+    let all = sms_events("card", 10_000);
+    publish_many(&conn, "weekly_checkin", &all[100..]).await;
     eventually(180, || w.twilio.sent_count() == 10_000).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let after_10k = metrics_text(engine.http_addr).await;

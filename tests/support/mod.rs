@@ -172,6 +172,19 @@ pub async fn publish_raw(conn: &Connection, routing_key: &str, body: &[u8]) {
     let _ = ch.close(200, "done".into()).await;
 }
 
+/// `n` SMS events `{prefix}-{i}`, each to its own number.
+pub fn sms_events(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            event(
+                &format!("{prefix}-{i}"),
+                Some(&format!("+1555{:07}", 1_000_000 + i)),
+                None,
+            )
+        })
+        .collect()
+}
+
 /// Publishes every body on one confirm channel, then awaits the confirms
 /// (fast enough for thousands).
 pub async fn publish_many(conn: &Connection, class: &str, bodies: &[Vec<u8>]) {
