@@ -111,10 +111,6 @@ impl Controls {
         self.paused.subscribe()
     }
 
-    pub fn is_paused(&self, class: &str) -> bool {
-        self.paused.borrow().contains(class)
-    }
-
     fn known(&self, class: &str) -> Result<(), ControlError> {
         if self.config().classes.contains_key(class) {
             Ok(())
