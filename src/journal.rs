@@ -42,35 +42,20 @@ fn attempt_no(attempt: u32) -> u32 {
 }
 
 impl DeliveryLog for StoreLog {
-    fn claim(
+    fn commit(
         &self,
+        records: Vec<OutcomeRecord>,
         claims: Vec<ClaimRequest>,
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>> {
         let store = self.store.clone();
         let caps = self.caps.clone();
-        offloaded(self.timer("claim"), async move {
+        offloaded(self.timing.with_label_values(&["commit"]), async move {
+            // Built here, on the I/O runtime, not on the journal's thread.
             let now = store::now_ms();
-            let rows: Vec<Claim> = claims
-                .iter()
-                .map(|c| Claim {
-                    event_id: c.event_id.to_string(),
-                    class: c.class.to_string(),
-                    user_id: c.user_id.to_string(),
-                    channel: c.channel.as_str(),
-                    attempt: attempt_no(c.attempt),
-                    fallback_from: c.fallback_from.map(|f| f.as_str()),
-                    address: c.address.clone(),
-                    cap: caps
-                        .get(c.class.as_ref())
-                        .map(|(max, window)| FrequencyCap {
-                            max: *max,
-                            since_ms: now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
-                        }),
-                    now_ms: now,
-                })
-                .collect();
+            let records = records_of(records, now);
+            let claims = claims_of(&claims, &caps, now);
             let outcomes = store
-                .claim(&rows)
+                .commit(&records, &claims)
                 .await
                 .map_err(|e| JournalError(e.to_string()))?;
             Ok(outcomes
@@ -87,69 +72,83 @@ impl DeliveryLog for StoreLog {
                 .collect())
         })
     }
-
-    fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>> {
-        let store = self.store.clone();
-        offloaded(self.timer("record"), async move {
-            let now = store::now_ms();
-            let rows: Vec<Record> = records
-                .into_iter()
-                .map(|r| Record {
-                    event_id: r.event_id.to_string(),
-                    class: r.class.to_string(),
-                    user_id: r.user_id.to_string(),
-                    channel: r.channel.as_str(),
-                    attempt: attempt_no(r.attempt),
-                    outcome: match r.outcome {
-                        RecordOutcome::Sent {
-                            provider_id,
-                            cost_usd,
-                            units,
-                        } => Outcome::Sent {
-                            provider_id: Some(provider_id).filter(|p| !p.is_empty()),
-                            cost_usd,
-                            segments: units,
-                        },
-                        RecordOutcome::Retry { error } => Outcome::Retry { error },
-                        RecordOutcome::Fallback { error } => Outcome::Fallback { error },
-                        RecordOutcome::DeadLetter { reason, error } => Outcome::DeadLetter {
-                            reason: reason.to_owned(),
-                            error: Some(error),
-                        },
-                        RecordOutcome::Suppressed { reason } => Outcome::Suppressed {
-                            reason: reason.to_owned(),
-                        },
-                    },
-                    opt_out: r.opt_out.map(|address| SuppressionChange {
-                        address,
-                        channel: r.channel.as_str(),
-                        action: SuppressionAction::Suppress,
-                        actor: provider_name(r.channel).to_owned(),
-                        source: "send_error".to_owned(),
-                        reason: Some("the provider reported the recipient opted out".to_owned()),
-                        now_ms: now,
-                    }),
-                    keep_for_fallback: r.keep_for_fallback.map(|k| KeptEvent {
-                        priority: k.priority,
-                        published_at_ms: k.published_at_ms.and_then(|ms| i64::try_from(ms).ok()),
-                        body: k.raw.to_vec(),
-                    }),
-                    track_receipts: r.track_receipts,
-                    now_ms: now,
-                })
-                .collect();
-            store
-                .record(&rows)
-                .await
-                .map_err(|e| JournalError(e.to_string()))
-        })
-    }
 }
 
-impl StoreLog {
-    fn timer(&self, op: &str) -> prometheus::Histogram {
-        self.timing.with_label_values(&[op])
-    }
+/// The store's rows for the journal's claims, at `now`.
+fn claims_of(
+    claims: &[ClaimRequest],
+    caps: &HashMap<String, (u32, Duration)>,
+    now: i64,
+) -> Vec<Claim> {
+    claims
+        .iter()
+        .map(|c| Claim {
+            event_id: c.event_id.to_string(),
+            class: c.class.to_string(),
+            user_id: c.user_id.to_string(),
+            channel: c.channel.as_str(),
+            attempt: attempt_no(c.attempt),
+            fallback_from: c.fallback_from.map(|f| f.as_str()),
+            address: c.address.clone(),
+            cap: caps
+                .get(c.class.as_ref())
+                .map(|(max, window)| FrequencyCap {
+                    max: *max,
+                    since_ms: now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+                }),
+            now_ms: now,
+        })
+        .collect()
+}
+
+/// The store's rows for the journal's outcome records, at `now`.
+fn records_of(records: Vec<OutcomeRecord>, now: i64) -> Vec<Record> {
+    records
+        .into_iter()
+        .map(|r| Record {
+            event_id: r.event_id.to_string(),
+            class: r.class.to_string(),
+            user_id: r.user_id.to_string(),
+            channel: r.channel.as_str(),
+            attempt: attempt_no(r.attempt),
+            outcome: match r.outcome {
+                RecordOutcome::Sent {
+                    provider_id,
+                    cost_usd,
+                    units,
+                } => Outcome::Sent {
+                    provider_id: Some(provider_id).filter(|p| !p.is_empty()),
+                    cost_usd,
+                    segments: units,
+                },
+                RecordOutcome::Retry { error } => Outcome::Retry { error },
+                RecordOutcome::Fallback { error } => Outcome::Fallback { error },
+                RecordOutcome::DeadLetter { reason, error } => Outcome::DeadLetter {
+                    reason: reason.to_owned(),
+                    error: Some(error),
+                },
+                RecordOutcome::Suppressed { reason } => Outcome::Suppressed {
+                    reason: reason.to_owned(),
+                },
+            },
+            opt_out: r.opt_out.map(|address| SuppressionChange {
+                address,
+                channel: r.channel.as_str(),
+                action: SuppressionAction::Suppress,
+                actor: provider_name(r.channel).to_owned(),
+                source: "send_error".to_owned(),
+                reason: Some("the provider reported the recipient opted out".to_owned()),
+                now_ms: now,
+            }),
+            keep_for_fallback: r.keep_for_fallback.map(|k| KeptEvent {
+                priority: k.priority,
+                published_at_ms: k.published_at_ms.and_then(|ms| i64::try_from(ms).ok()),
+                body: k.raw.to_vec(),
+            }),
+            track_receipts: r.track_receipts,
+            now_ms: now,
+        })
+        .collect()
 }
 
 /// Runs a store batch on the I/O runtime, timed into `timer`; a panic there

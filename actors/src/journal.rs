@@ -2,8 +2,9 @@
 //! provider call) and outcome records (after it) are queued here and written
 //! by group commit: one store transaction at a time, and whatever arrives
 //! while it runs forms the next batch — one transaction per message at low
-//! load, hundreds per transaction under load. Records go before claims, so a
-//! claim always sees every outcome already reported.
+//! load, hundreds per transaction under load. Each transaction carries both
+//! the waiting records and the waiting claims, records first, so a claim
+//! always sees every outcome already reported.
 //!
 //! Two copies of one event in flight at once (a publisher that published
 //! twice) must not both go out: the store cannot tell a crashed call from
@@ -32,7 +33,7 @@ use crate::model::{FailureKind, SendError};
 use crate::ports::{ClaimRequest, ClaimVerdict, DeliveryLog, JournalError};
 use crate::registry::{send_or_return, Registry};
 
-/// The largest batch in one transaction.
+/// The most records, and the most claims, in one transaction.
 const MAX_BATCH: usize = 512;
 /// How long to wait before trying a failed batch again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -135,74 +136,57 @@ impl Journal {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.retry_armed {
+        if self.busy || self.retry_armed || (self.records.is_empty() && self.claims.is_empty()) {
             return;
         }
-        if !self.records.is_empty() {
-            let n = self.records.len().min(MAX_BATCH);
-            let batch: Vec<Record> = self.records.drain(..n).collect();
-            let rows = batch.iter().map(|r| r.record.clone()).collect();
-            self.busy = true;
-            ctx.spawn(
-                self.log
-                    .record(rows)
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        act.busy = false;
-                        match res {
-                            Ok(()) => {
-                                for r in batch {
-                                    let id = r.record.event_id.clone();
-                                    if let Some(t) = r.ticket {
-                                        t.ack();
-                                    }
-                                    act.done(&id, ctx);
+        let n = self.records.len().min(MAX_BATCH);
+        let records: Vec<Record> = self.records.drain(..n).collect();
+        let n = self.claims.len().min(MAX_BATCH);
+        let claims: Vec<Submit> = self.claims.drain(..n).collect();
+        let rows = records.iter().map(|r| r.record.clone()).collect();
+        let reqs = claims
+            .iter()
+            .map(|s| ClaimRequest::for_job(&s.job))
+            .collect();
+        self.busy = true;
+        ctx.spawn(
+            self.log
+                .commit(rows, reqs)
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.busy = false;
+                    match res {
+                        Ok(verdicts) => {
+                            for r in records {
+                                let id = r.record.event_id.clone();
+                                if let Some(t) = r.ticket {
+                                    t.ack();
                                 }
+                                act.done(&id, ctx);
                             }
-                            Err(e) => act.failed(e, ctx, |act| {
-                                for r in batch.into_iter().rev() {
-                                    act.records.push_front(r);
-                                }
-                            }),
-                        }
-                        act.flush(ctx);
-                    }),
-            );
-        } else if !self.claims.is_empty() {
-            let n = self.claims.len().min(MAX_BATCH);
-            let batch: Vec<Submit> = self.claims.drain(..n).collect();
-            let reqs = batch
-                .iter()
-                .map(|s| ClaimRequest::for_job(&s.job))
-                .collect();
-            self.busy = true;
-            ctx.spawn(
-                self.log
-                    .claim(reqs)
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        act.busy = false;
-                        match res {
-                            Ok(verdicts) if verdicts.len() == batch.len() => {
-                                for (submit, verdict) in batch.into_iter().zip(verdicts) {
+                            if verdicts.len() == claims.len() {
+                                for (submit, verdict) in claims.into_iter().zip(verdicts) {
                                     act.decide(submit, verdict, ctx);
                                 }
-                            }
-                            Ok(v) => act.failed(
-                                JournalError(format!(
+                            } else {
+                                let e = JournalError(format!(
                                     "{} verdicts for {} claims",
-                                    v.len(),
-                                    batch.len()
-                                )),
-                                ctx,
-                                |act| act.requeue_claims(batch),
-                            ),
-                            Err(e) => act.failed(e, ctx, |act| act.requeue_claims(batch)),
+                                    verdicts.len(),
+                                    claims.len()
+                                ));
+                                act.failed(e, ctx, |act| act.requeue_claims(claims));
+                            }
                         }
-                        act.flush(ctx);
-                    }),
-            );
-        }
+                        Err(e) => act.failed(e, ctx, |act| {
+                            for r in records.into_iter().rev() {
+                                act.records.push_front(r);
+                            }
+                            act.requeue_claims(claims);
+                        }),
+                    }
+                    act.flush(ctx);
+                }),
+        );
     }
 
     fn requeue_claims(&mut self, batch: Vec<Submit>) {

@@ -155,14 +155,16 @@ pub struct KeptJob {
     pub raw: Arc<[u8]>,
 }
 
-/// The delivery store, as the journal actor uses it. Each call is one
-/// transaction for the whole batch.
+/// The delivery store, as the journal actor uses it.
 pub trait DeliveryLog: Send + Sync + 'static {
-    fn claim(
+    /// Applies `records`, then `claims`, in one transaction (so a claim sees
+    /// every outcome recorded before it), and returns one verdict per claim,
+    /// in order. On error nothing of either is applied.
+    fn commit(
         &self,
+        records: Vec<OutcomeRecord>,
         claims: Vec<ClaimRequest>,
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>>;
-    fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>>;
 }
 
 /// Slots a shared rate limit handed out. Durations count from when the

@@ -33,8 +33,9 @@ struct MemoryLog {
 struct Log(Arc<MemoryLog>);
 
 impl DeliveryLog for Log {
-    fn claim(
+    fn commit(
         &self,
+        records: Vec<OutcomeRecord>,
         claims: Vec<ClaimRequest>,
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>> {
         let m = self.0.clone();
@@ -44,6 +45,12 @@ impl DeliveryLog for Log {
             }
             m.transactions.fetch_add(1, Ordering::SeqCst);
             let mut status = m.status.lock().unwrap();
+            for r in &records {
+                if matches!(r.outcome, RecordOutcome::Sent { .. }) {
+                    status.insert(r.event_id.to_string(), "sent");
+                }
+            }
+            m.records.lock().unwrap().extend(records);
             Ok(claims
                 .iter()
                 .map(|c| match status.get(&*c.event_id).copied() {
@@ -59,25 +66,6 @@ impl DeliveryLog for Log {
                     }
                 })
                 .collect())
-        }
-        .boxed()
-    }
-
-    fn record(&self, records: Vec<OutcomeRecord>) -> BoxFuture<'static, Result<(), JournalError>> {
-        let m = self.0.clone();
-        async move {
-            if m.down.load(Ordering::SeqCst) {
-                return Err(JournalError("store down".into()));
-            }
-            m.transactions.fetch_add(1, Ordering::SeqCst);
-            let mut status = m.status.lock().unwrap();
-            for r in &records {
-                if matches!(r.outcome, RecordOutcome::Sent { .. }) {
-                    status.insert(r.event_id.to_string(), "sent");
-                }
-            }
-            m.records.lock().unwrap().extend(records);
-            Ok(())
         }
         .boxed()
     }

@@ -4,12 +4,13 @@
 //! logic and SQL text. (sqlx's generic `Database` bounds for this many
 //! types would be longer than the code.)
 //!
-//! The hot path, [`claim`](sqlite::claim) and [`record`](sqlite::record),
-//! writes a batch in one transaction with multi-row statements: the first
-//! occurrence of each event in the batch goes in chunks of up to
-//! a backend's chunk size (`sql::SQLITE_MAX_CHUNK`, `sql::POSTGRES_MAX_CHUNK`) rows; what the bulk statements do not settle (events
-//! already stored, an event repeated in the batch) falls to the per-event
-//! path, in batch order, so a later entry sees an earlier one's effect.
+//! The hot path, [`commit`](sqlite::commit) (a batch of outcome records,
+//! then a batch of claims), writes in one transaction with set statements
+//! (`sql::Bulk`): the first occurrence of each event in the batch goes in
+//! one statement per step, the rows as one JSON parameter; what those do
+//! not settle (events already stored, an event repeated in the batch) falls
+//! to the per-event path, in batch order, so a later entry sees an earlier
+//! one's effect.
 
 use crate::store::model::{Outcome, Record, Status};
 
@@ -62,7 +63,7 @@ impl<'a> Written<'a> {
 pub(crate) const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
 
 macro_rules! backend {
-    ($module:ident, $db:ty, $dialect:path, $max_chunk:path) => {
+    ($module:ident, $db:ty, $dialect:path) => {
         /// The operations on this backend's pool.
         pub(crate) mod $module {
             use std::collections::HashSet;
@@ -87,12 +88,30 @@ macro_rules! backend {
                 Ok(())
             }
 
-            pub(crate) async fn claim(
+            /// Records, then claims, in one transaction.
+            pub(crate) async fn commit(
                 pool: &Pool<$db>,
+                records: &[Record],
                 claims: &[Claim],
             ) -> Result<Vec<ClaimOutcome>, StoreError> {
                 let mut tx = pool.begin().await?;
-                let suppressed = suppressed_among(&mut tx, claims).await?;
+                if !records.is_empty() {
+                    record_in(&mut tx, records).await?;
+                }
+                let outcomes = if claims.is_empty() {
+                    Vec::new()
+                } else {
+                    claim_in(&mut tx, claims).await?
+                };
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn claim_in(
+                tx: &mut Tx,
+                claims: &[Claim],
+            ) -> Result<Vec<ClaimOutcome>, StoreError> {
+                let suppressed = suppressed_among(tx, claims).await?;
                 let is_suppressed = |c: &Claim| {
                     !suppressed.is_empty()
                         && c.address
@@ -108,30 +127,29 @@ macro_rules! backend {
                     .collect();
                 // One lock order for every writer (PostgreSQL row locks).
                 firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
-                let mut fresh = insert_new(&mut tx, &firsts).await?;
+                let mut fresh = insert_new(tx, &firsts).await?;
                 let opened: Vec<&Claim> = firsts
                     .into_iter()
                     .filter(|c| fresh.contains(c.event_id.as_str()))
                     .collect();
-                open_attempts(&mut tx, &opened, 1).await?;
+                open_attempts(tx, &opened, 1).await?;
                 let mut outcomes = Vec::with_capacity(claims.len());
                 for claim in claims {
                     // Only an event's first claim in the batch can be in
                     // `fresh`; removing it sends the next one the long way.
                     if is_suppressed(claim) {
-                        let done = final_outcome(&mut tx, claim).await?;
+                        let done = final_outcome(tx, claim).await?;
                         outcomes.push(done.unwrap_or(ClaimOutcome::Suppressed));
                     } else if let Some(cap) = claim.cap {
-                        outcomes.push(claim_capped(&mut tx, claim, cap).await?);
+                        outcomes.push(claim_capped(tx, claim, cap).await?);
                     } else if fresh.remove(claim.event_id.as_str()) {
                         outcomes.push(ClaimOutcome::Send {
                             previous_unknown: false,
                         });
                     } else {
-                        outcomes.push(claim_one(&mut tx, claim).await?);
+                        outcomes.push(claim_one(tx, claim).await?);
                     }
                 }
-                tx.commit().await?;
                 Ok(outcomes)
             }
 
@@ -491,40 +509,55 @@ macro_rules! backend {
                     .collect()
             }
 
+            /// Runs one of the dialect's bulk statements over `rows` (sent as
+            /// one JSON array); returns the first column of each row it
+            /// returns.
+            async fn bulk(
+                tx: &mut Tx,
+                text: &'static str,
+                rows: impl serde::Serialize,
+            ) -> Result<Vec<String>, StoreError> {
+                let json = serde_json::to_string(&rows).expect("rows serialise");
+                sqlx::query(text)
+                    .bind(json)
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(|row| Ok(row.try_get::<String, _>(0)?))
+                    .collect()
+            }
+
             /// Inserts the messages of events not yet stored; returns their
             /// ids.
             async fn insert_new<'c>(
                 tx: &mut Tx,
                 claims: &[&'c Claim],
             ) -> Result<HashSet<&'c str>, StoreError> {
-                let mut fresh = HashSet::with_capacity(claims.len());
-                for chunk in sql::chunks(claims, $max_chunk) {
-                    let size = chunk.len();
-                    let text = sql::CLAIM_INSERT_MANY.text(size);
-                    let mut query = sqlx::query(&text);
-                    for c in chunk {
-                        query = query
-                            .bind(c.event_id.as_str())
-                            .bind(c.class.as_str())
-                            .bind(c.user_id.as_str())
-                            .bind(c.channel)
-                            .bind(c.fallback_from)
-                            .bind(c.now_ms);
-                    }
-                    let inserted: HashSet<String> = query
-                        .fetch_all(&mut **tx)
-                        .await?
-                        .iter()
-                        .map(|row| row.try_get::<String, _>(0))
-                        .collect::<Result<_, _>>()?;
-                    fresh.extend(
-                        chunk
-                            .iter()
-                            .map(|c| c.event_id.as_str())
-                            .filter(|id| inserted.contains(*id)),
-                    );
+                if claims.is_empty() {
+                    return Ok(HashSet::new());
                 }
-                Ok(fresh)
+                let rows: Vec<_> = claims
+                    .iter()
+                    .map(|c| {
+                        (
+                            &c.event_id,
+                            &c.class,
+                            &c.user_id,
+                            c.channel,
+                            c.fallback_from,
+                            c.now_ms,
+                        )
+                    })
+                    .collect();
+                let inserted: HashSet<String> = bulk(tx, $dialect.bulk.claim_insert, rows)
+                    .await?
+                    .into_iter()
+                    .collect();
+                Ok(claims
+                    .iter()
+                    .map(|c| c.event_id.as_str())
+                    .filter(|id| inserted.contains(*id))
+                    .collect())
             }
 
             /// Opens one attempt per claim, each its event's attempt `seq`.
@@ -533,20 +566,14 @@ macro_rules! backend {
                 claims: &[&Claim],
                 seq: i64,
             ) -> Result<(), StoreError> {
-                for chunk in sql::chunks(claims, $max_chunk) {
-                    let size = chunk.len();
-                    let text = sql::INSERT_ATTEMPTS_MANY.text(size);
-                    let mut query = sqlx::query(&text);
-                    for c in chunk {
-                        query = query
-                            .bind(c.event_id.as_str())
-                            .bind(seq)
-                            .bind(i64::from(c.attempt))
-                            .bind(c.channel)
-                            .bind(c.now_ms);
-                    }
-                    query.execute(&mut **tx).await?;
+                if claims.is_empty() {
+                    return Ok(());
                 }
+                let rows: Vec<_> = claims
+                    .iter()
+                    .map(|c| (&c.event_id, seq, c.attempt, c.channel, c.now_ms))
+                    .collect();
+                bulk(tx, $dialect.bulk.insert_attempts, rows).await?;
                 Ok(())
             }
 
@@ -609,33 +636,29 @@ macro_rules! backend {
                 }
             }
 
-            pub(crate) async fn record(
-                pool: &Pool<$db>,
-                records: &[Record],
-            ) -> Result<(), StoreError> {
-                let mut tx = pool.begin().await?;
+            async fn record_in(tx: &mut Tx, records: &[Record]) -> Result<(), StoreError> {
                 let mut seen = HashSet::with_capacity(records.len());
                 let (mut firsts, later): (Vec<&Record>, Vec<&Record>) = records
                     .iter()
                     .partition(|r| seen.insert(r.event_id.as_str()));
                 firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
-                close_attempts(&mut tx, &firsts).await?;
+                close_attempts(tx, &firsts).await?;
                 let (sent, other): (Vec<&Record>, Vec<&Record>) = firsts
                     .iter()
                     .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
                 let mut moved = HashSet::with_capacity(firsts.len());
-                move_sent(&mut tx, &sent, &mut moved).await?;
-                move_other(&mut tx, &other, &mut moved).await?;
+                move_sent(tx, &sent, &mut moved).await?;
+                move_other(tx, &other, &mut moved).await?;
                 for record in firsts {
                     if !moved.contains(record.event_id.as_str()) {
-                        insert_recorded(&mut tx, record).await?;
+                        insert_recorded(tx, record).await?;
                     }
                 }
                 for record in later {
-                    record_one(&mut tx, record).await?;
+                    record_one(tx, record).await?;
                 }
                 for change in records.iter().filter_map(|r| r.opt_out.as_ref()) {
-                    change_suppression(&mut tx, change).await?;
+                    change_suppression(tx, change).await?;
                 }
                 for r in records {
                     if let (
@@ -650,7 +673,7 @@ macro_rules! backend {
                             .bind(id.as_str())
                             .bind(r.event_id.as_str())
                             .bind(r.now_ms)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await?;
                     }
                     if let Some(kept) = &r.keep_for_fallback {
@@ -662,34 +685,35 @@ macro_rules! backend {
                             .bind(kept.published_at_ms)
                             .bind(kept.body.as_slice())
                             .bind(r.now_ms)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await?;
                     }
                 }
-                tx.commit().await?;
                 Ok(())
             }
 
             /// Closes the open attempt each record names (one per event).
             async fn close_attempts(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
-                for chunk in sql::chunks(records, $max_chunk) {
-                    let size = chunk.len();
-                    let text = sql::CLOSE_ATTEMPTS_MANY.text(size);
-                    let mut query = sqlx::query(&text);
-                    for r in chunk {
-                        let w = Written::of(r);
-                        query = query
-                            .bind(r.event_id.as_str())
-                            .bind(r.channel)
-                            .bind(i64::from(r.attempt))
-                            .bind(r.now_ms)
-                            .bind(r.outcome.attempt_outcome())
-                            .bind(r.outcome.error())
-                            .bind(w.provider_id)
-                            .bind(w.cost_usd);
-                    }
-                    query.execute(&mut **tx).await?;
+                if records.is_empty() {
+                    return Ok(());
                 }
+                let rows: Vec<_> = records
+                    .iter()
+                    .map(|r| {
+                        let w = Written::of(r);
+                        (
+                            &r.event_id,
+                            r.channel,
+                            r.attempt,
+                            r.now_ms,
+                            r.outcome.attempt_outcome(),
+                            r.outcome.error(),
+                            w.provider_id,
+                            w.cost_usd,
+                        )
+                    })
+                    .collect();
+                bulk(tx, $dialect.bulk.close_attempts, rows).await?;
                 Ok(())
             }
 
@@ -699,24 +723,24 @@ macro_rules! backend {
                 records: &[&Record],
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
-                for chunk in sql::chunks(records, $max_chunk) {
-                    let size = chunk.len();
-                    let text = sql::RECORD_SENT_MANY.text(size);
-                    let mut query = sqlx::query(&text);
-                    for r in chunk {
-                        let w = Written::of(r);
-                        query = query
-                            .bind(r.event_id.as_str())
-                            .bind(r.channel)
-                            .bind(w.provider_id)
-                            .bind(w.cost_usd.unwrap_or(0.0))
-                            .bind(w.segments)
-                            .bind(r.now_ms);
-                    }
-                    for row in query.fetch_all(&mut **tx).await? {
-                        moved.insert(row.try_get(0)?);
-                    }
+                if records.is_empty() {
+                    return Ok(());
                 }
+                let rows: Vec<_> = records
+                    .iter()
+                    .map(|r| {
+                        let w = Written::of(r);
+                        (
+                            &r.event_id,
+                            r.channel,
+                            w.provider_id,
+                            w.cost_usd.unwrap_or(0.0),
+                            w.segments,
+                            r.now_ms,
+                        )
+                    })
+                    .collect();
+                moved.extend(bulk(tx, $dialect.bulk.record_sent, rows).await?);
                 Ok(())
             }
 
@@ -727,25 +751,25 @@ macro_rules! backend {
                 records: &[&Record],
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
-                for chunk in sql::chunks(records, $max_chunk) {
-                    let size = chunk.len();
-                    let text = sql::RECORD_OTHER_MANY.text(size);
-                    let mut query = sqlx::query(&text);
-                    for r in chunk {
-                        let w = Written::of(r);
-                        query = query
-                            .bind(r.event_id.as_str())
-                            .bind(r.channel)
-                            .bind(w.status.as_str())
-                            .bind(r.outcome.reason())
-                            .bind(r.outcome.error())
-                            .bind(w.finished_at)
-                            .bind(r.now_ms);
-                    }
-                    for row in query.fetch_all(&mut **tx).await? {
-                        moved.insert(row.try_get(0)?);
-                    }
+                if records.is_empty() {
+                    return Ok(());
                 }
+                let rows: Vec<_> = records
+                    .iter()
+                    .map(|r| {
+                        let w = Written::of(r);
+                        (
+                            &r.event_id,
+                            r.channel,
+                            w.status.as_str(),
+                            r.outcome.reason(),
+                            r.outcome.error(),
+                            w.finished_at,
+                            r.now_ms,
+                        )
+                    })
+                    .collect();
+                moved.extend(bulk(tx, $dialect.bulk.record_other, rows).await?);
                 Ok(())
             }
 
@@ -899,10 +923,5 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite, sql::SQLITE, sql::SQLITE_MAX_CHUNK);
-backend!(
-    postgres,
-    sqlx::Postgres,
-    sql::POSTGRES,
-    sql::POSTGRES_MAX_CHUNK
-);
+backend!(sqlite, sqlx::Sqlite, sql::SQLITE);
+backend!(postgres, sqlx::Postgres, sql::POSTGRES);

@@ -1,6 +1,6 @@
 //! The statements, one text for both backends (SQLite reads `$N` as the Nth
-//! bound value, as PostgreSQL does). The only text that differs, the locking
-//! read of a claim, is in [`Dialect`].
+//! bound value, as PostgreSQL does). What differs, the locking read of a
+//! claim and the table functions over JSON, is in [`Dialect`].
 
 /// The statements whose text differs per backend.
 #[derive(Debug)]
@@ -13,19 +13,9 @@ pub(crate) struct Dialect {
     /// `$1` is the addresses as a JSON array. (Addresses of the two
     /// channels never collide: phones start with `+`, emails hold `@`.)
     pub suppressed_among: &'static str,
+    /// The hot path's statements over a whole batch.
+    pub bulk: Bulk,
 }
-
-pub(crate) const SQLITE: Dialect = Dialect {
-    select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1",
-    suppressed_among: "SELECT address, channel FROM suppressions \
-WHERE address IN (SELECT value FROM json_each($1))",
-};
-
-pub(crate) const POSTGRES: Dialect = Dialect {
-    select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
-    suppressed_among: "SELECT address, channel FROM suppressions \
-WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
-};
 
 /// A first claim: creates the message. No row affected means it exists.
 /// `$1` event id, `$2` class, `$3` user id, `$4` channel, `$5` fallback
@@ -71,20 +61,24 @@ last_error, fallback_from, created_at, updated_at, finished_at, delivery, delive
 FROM messages WHERE event_id = $1";
 
 /// `$1` most rows: the latest events that ended badly, newest first.
+/// (Such events always have `finished_at`; saying so lets the query use
+/// the index of finished messages.)
 pub(crate) const RECENT_FAILURES: &str = "\
 SELECT event_id, class, user_id, channel, status, attempts, provider_id, cost_usd, segments, reason, \
 last_error, fallback_from, created_at, updated_at, finished_at, delivery, delivery_error \
-FROM messages WHERE status IN ('dead_lettered', 'outcome_unknown') \
+FROM messages WHERE status IN ('dead_lettered', 'outcome_unknown') AND finished_at IS NOT NULL \
 ORDER BY finished_at DESC LIMIT $1";
 
 pub(crate) const SELECT_ATTEMPTS: &str = "\
 SELECT attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd \
 FROM attempts WHERE event_id = $1 ORDER BY seq";
 
-/// `$1` user id, `$2` from (inclusive), `$3` to (exclusive).
+/// `$1` user id, `$2` from (inclusive), `$3` to (exclusive). The unary
+/// `+` keeps SQLite, which has no statistics, on the per-user index rather
+/// than the day's finished messages of every user.
 pub(crate) const USER_COST: &str = "\
 SELECT channel, COUNT(*) AS messages, SUM(cost_usd) AS cost_usd FROM messages \
-WHERE user_id = $1 AND finished_at >= $2 AND finished_at < $3 AND status = 'sent' \
+WHERE user_id = $1 AND +finished_at >= $2 AND +finished_at < $3 AND status = 'sent' \
 GROUP BY channel ORDER BY channel";
 
 /// Every class's sends finished in `[$1, $2)`, per channel.
@@ -242,195 +236,128 @@ pub(crate) const ERASE_FALLBACK: &str = "DELETE FROM fallback_pending WHERE user
 pub(crate) const SELECT_STATUS: &str = "SELECT status FROM messages WHERE event_id = $1";
 
 // ---------------------------------------------------------------------------
-// Multi-row statements for the hot path: one statement per chunk of a batch
-// instead of one per event. `?k` in a row template is the row's kth value;
-// [`expand`] numbers them `$N` across the rows.
+// Set statements for the hot path: one statement per batch, whatever its
+// size. `$1` is the batch as one JSON array of rows, each row an array;
+// `value ->> k` is a row's kth value (from 0). One parameter keeps the cost
+// of binding flat (sqlx looks up every parameter's name on SQLite, a cost
+// that grows with the square of the parameters in a statement) and one
+// statement per batch saves a round trip to the driver per chunk of rows.
 
-/// First claims of events: event id, class, user id, channel, fallback
-/// from, now. Returns the ids actually inserted (the new events).
-pub(crate) const CLAIM_INSERT_MANY: Many = Many {
-    head:
-        "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, fallback_from, \
-created_at, updated_at) VALUES ",
-    row: "(?1, ?2, ?3, ?4, 'sending', 1, ?5, ?6, ?6)",
-    params: 6,
-    tail: " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-};
-
-/// Opens attempts: event id, seq, attempt, channel, now.
-pub(crate) const INSERT_ATTEMPTS_MANY: Many = Many {
-    head: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at) VALUES ",
-    row: "(?1, ?2, ?3, ?4, ?5)",
-    params: 5,
-    tail: "",
-};
-
-/// Closes the open attempt each record names (one record per event):
-/// event id, channel, attempt, now, outcome, error, provider id, cost.
-/// Only an event's latest attempt (`seq = messages.attempts`) can be open,
-/// so both joins are primary-key lookups whatever the planner's statistics.
-pub(crate) const CLOSE_ATTEMPTS_MANY: Many = Many {
-    head: "UPDATE attempts SET finished_at = v.column4, outcome = v.column5, error = v.column6, \
-provider_id = v.column7, cost_usd = v.column8 FROM (VALUES ",
-    row: "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    params: 8,
-    tail: ") AS v, messages AS m WHERE m.event_id = v.column1 AND attempts.event_id = v.column1 \
-AND attempts.seq = m.attempts AND attempts.channel = v.column2 AND attempts.attempt = v.column3 \
-AND attempts.finished_at IS NULL",
-};
-
-/// `sent` wins over every status but itself: event id, channel, provider
-/// id, cost, segments, now. Returns the ids it moved.
-pub(crate) const RECORD_SENT_MANY: Many = Many {
-    head: "UPDATE messages SET status = 'sent', channel = v.column2, provider_id = v.column3, \
-cost_usd = v.column4, segments = v.column5, finished_at = v.column6, updated_at = v.column6, \
-delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL FROM (VALUES ",
-    row: "(?1, ?2, ?3, ?4, ?5, ?6)",
-    params: 6,
-    tail: ") AS v WHERE messages.event_id = v.column1 AND messages.status <> 'sent' \
-RETURNING messages.event_id",
-};
-
-/// Every other outcome moves only an unfinished message, and only from the
-/// channel it is on: event id, channel, status, reason, error, finished at,
-/// now. Returns the ids it moved.
-pub(crate) const RECORD_OTHER_MANY: Many = Many {
-    head: "UPDATE messages SET status = v.column3, reason = COALESCE(v.column4, messages.reason), \
-last_error = COALESCE(v.column5, messages.last_error), finished_at = v.column6, updated_at = v.column7 \
-FROM (VALUES ",
-    row: "(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    params: 7,
-    tail: ") AS v WHERE messages.event_id = v.column1 AND messages.channel = v.column2 \
-AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') RETURNING messages.event_id",
-};
-
-/// The largest chunk of one multi-row statement on SQLite. Measured with
-/// `herald bench` (50,000 events): 128 rows gave ~5,900 msg/s, 32 ~6,700,
-/// 16 ~7,200, 8 ~6,600. sqlx looks up every parameter's name on SQLite, a
-/// cost that grows with the square of the parameters per statement, while
-/// smaller chunks mean more statements.
-pub(crate) const SQLITE_MAX_CHUNK: usize = 16;
-
-/// The largest chunk on PostgreSQL, which has no such cost: fewer, larger
-/// statements win (16 rows measured ~20% slower than 128).
-pub(crate) const POSTGRES_MAX_CHUNK: usize = 128;
-
-/// A statement over a variable number of rows.
+/// The statements over a batch, with the backend's table of JSON rows
+/// (`rows`) spliced in.
 #[derive(Debug)]
-pub(crate) struct Many {
-    /// Text before the rows.
-    pub head: &'static str,
-    /// One row's template, values `?1`..`?params`.
-    pub row: &'static str,
-    /// Values per row.
-    pub params: usize,
-    /// Text after the rows.
-    pub tail: &'static str,
+pub(crate) struct Bulk {
+    /// First claims of events: event id, class, user id, channel, fallback
+    /// from, now. Returns the ids actually inserted (the new events).
+    /// (SQLite needs the `WHERE true` to parse `ON CONFLICT` after a
+    /// `SELECT`.)
+    pub claim_insert: &'static str,
+    /// Opens attempts: event id, seq, attempt, channel, now.
+    pub insert_attempts: &'static str,
+    /// Closes the open attempt each record names (one record per event):
+    /// event id, channel, attempt, now, outcome, error, provider id, cost.
+    /// Only an event's latest attempt (`seq = messages.attempts`) can be
+    /// open, so both joins are primary-key lookups.
+    pub close_attempts: &'static str,
+    /// `sent` wins over every status but itself: event id, channel,
+    /// provider id, cost, segments, now. Returns the ids it moved.
+    pub record_sent: &'static str,
+    /// Every other outcome moves only an unfinished message, and only from
+    /// the channel it is on: event id, channel, status, reason, error,
+    /// finished at, now. Returns the ids it moved.
+    pub record_other: &'static str,
 }
 
-impl Many {
-    /// The statement for `rows` rows.
-    pub(crate) fn text(&self, rows: usize) -> String {
-        let mut text =
-            String::with_capacity(self.head.len() + self.tail.len() + rows * (self.row.len() + 16));
-        text.push_str(self.head);
-        for r in 0..rows {
-            if r > 0 {
-                text.push_str(", ");
-            }
-            expand(self.row, r * self.params, &mut text);
+macro_rules! bulk {
+    ($rows:literal) => {
+        Bulk {
+            claim_insert: concat!(
+                "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
+fallback_from, created_at, updated_at) \
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'sending', 1, value ->> 4, \
+CAST(value ->> 5 AS BIGINT), CAST(value ->> 5 AS BIGINT) FROM ",
+                $rows,
+                " WHERE true ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            ),
+            insert_attempts: concat!(
+                "INSERT INTO attempts (event_id, seq, attempt, channel, started_at) \
+SELECT value ->> 0, CAST(value ->> 1 AS BIGINT), CAST(value ->> 2 AS BIGINT), value ->> 3, \
+CAST(value ->> 4 AS BIGINT) FROM ",
+                $rows
+            ),
+            close_attempts: concat!(
+                "UPDATE attempts SET finished_at = v.finished_at, outcome = v.outcome, error = v.error, \
+provider_id = v.provider_id, cost_usd = v.cost_usd \
+FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, CAST(value ->> 2 AS BIGINT) AS attempt, \
+CAST(value ->> 3 AS BIGINT) AS finished_at, value ->> 4 AS outcome, value ->> 5 AS error, \
+value ->> 6 AS provider_id, CAST(value ->> 7 AS DOUBLE PRECISION) AS cost_usd FROM ",
+                $rows,
+                ") AS v, messages AS m WHERE m.event_id = v.event_id AND attempts.event_id = v.event_id \
+AND attempts.seq = m.attempts AND attempts.channel = v.channel AND attempts.attempt = v.attempt \
+AND attempts.finished_at IS NULL"
+            ),
+            record_sent: concat!(
+                "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
+cost_usd = v.cost_usd, segments = v.segments, finished_at = v.at, updated_at = v.at, \
+delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL \
+FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS provider_id, \
+CAST(value ->> 3 AS DOUBLE PRECISION) AS cost_usd, CAST(value ->> 4 AS BIGINT) AS segments, \
+CAST(value ->> 5 AS BIGINT) AS at FROM ",
+                $rows,
+                ") AS v WHERE messages.event_id = v.event_id AND messages.status <> 'sent' \
+RETURNING messages.event_id"
+            ),
+            record_other: concat!(
+                "UPDATE messages SET status = v.status, reason = COALESCE(v.reason, messages.reason), \
+last_error = COALESCE(v.error, messages.last_error), finished_at = v.finished_at, updated_at = v.at \
+FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS status, \
+value ->> 3 AS reason, value ->> 4 AS error, CAST(value ->> 5 AS BIGINT) AS finished_at, \
+CAST(value ->> 6 AS BIGINT) AS at FROM ",
+                $rows,
+                ") AS v WHERE messages.event_id = v.event_id AND messages.channel = v.channel \
+AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') \
+RETURNING messages.event_id"
+            ),
         }
-        text.push_str(self.tail);
-        text
-    }
+    };
 }
 
-/// Appends `template` with every `?k` replaced by `$(offset + k)`.
-fn expand(template: &str, offset: usize, out: &mut String) {
-    let mut chars = template.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '?' {
-            out.push(c);
-            continue;
-        }
-        let mut k = 0;
-        while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
-            k = k * 10 + digit as usize;
-            chars.next();
-        }
-        out.push('$');
-        out.push_str(&(offset + k).to_string());
-    }
-}
+pub(crate) const SQLITE: Dialect = Dialect {
+    select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1",
+    suppressed_among: "SELECT address, channel FROM suppressions \
+WHERE address IN (SELECT value FROM json_each($1))",
+    bulk: bulk!("json_each($1)"),
+};
 
-/// Splits `n` rows into chunk sizes from a small fixed set (`max`, a power
-/// of two, and the powers of two below it), so each backend connection
-/// caches a handful of prepared statements rather than one per batch size.
-pub(crate) fn chunk_sizes(mut n: usize, max: usize) -> Vec<usize> {
-    let mut sizes = Vec::new();
-    while n >= max {
-        sizes.push(max);
-        n -= max;
-    }
-    let mut size = max / 2;
-    while size > 0 {
-        if n >= size {
-            sizes.push(size);
-            n -= size;
-        }
-        size /= 2;
-    }
-    sizes
-}
-
-/// `items` cut into the chunks of [`chunk_sizes`], in order.
-pub(crate) fn chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
-    let mut rest = items;
-    chunk_sizes(items.len(), max).into_iter().map(move |size| {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        chunk
-    })
-}
+pub(crate) const POSTGRES: Dialect = Dialect {
+    select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
+    suppressed_among: "SELECT address, channel FROM suppressions \
+WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
+    bulk: bulk!("jsonb_array_elements($1::jsonb) AS j(value)"),
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rows_are_numbered_across_the_statement() {
-        assert_eq!(
-            INSERT_ATTEMPTS_MANY.text(2),
-            "INSERT INTO attempts (event_id, seq, attempt, channel, started_at) VALUES \
-($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
-        );
-        let claim = CLAIM_INSERT_MANY.text(2);
-        assert!(
-            claim.contains("($1, $2, $3, $4, 'sending', 1, $5, $6, $6), ($7, $8, $9, $10, 'sending', 1, $11, $12, $12)"),
-            "{claim}"
-        );
-        assert!(CLOSE_ATTEMPTS_MANY.text(12).contains("$96)"));
-    }
-
-    #[test]
-    fn chunks_cover_the_batch_with_few_sizes() {
-        assert_eq!(chunk_sizes(0, 128), Vec::<usize>::new());
-        assert_eq!(chunk_sizes(1, 128), [1]);
-        assert_eq!(chunk_sizes(500, 128), [128, 128, 128, 64, 32, 16, 4]);
-        assert_eq!(chunk_sizes(53, 16), [16, 16, 16, 4, 1]);
-        let items: Vec<usize> = (0..53).collect();
-        let cut: Vec<&[usize]> = chunks(&items, 16).collect();
-        assert_eq!(
-            cut.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            [16, 16, 16, 4, 1]
-        );
-        assert_eq!(cut.concat(), items);
-        for max in [SQLITE_MAX_CHUNK, POSTGRES_MAX_CHUNK] {
-            assert!(max.is_power_of_two());
-            for n in 0..1_000 {
-                let sizes = chunk_sizes(n, max);
-                assert_eq!(sizes.iter().sum::<usize>(), n);
-                assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= max));
+    fn each_backend_reads_the_rows_from_its_json_table() {
+        for (bulk, rows) in [
+            (&SQLITE.bulk, "FROM json_each($1)"),
+            (
+                &POSTGRES.bulk,
+                "FROM jsonb_array_elements($1::jsonb) AS j(value)",
+            ),
+        ] {
+            for text in [
+                bulk.claim_insert,
+                bulk.insert_attempts,
+                bulk.close_attempts,
+                bulk.record_sent,
+                bulk.record_other,
+            ] {
+                assert!(text.contains(rows), "{text}");
+                assert!(!text.contains("$2"), "one parameter: {text}");
             }
         }
     }
