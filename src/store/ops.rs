@@ -509,14 +509,20 @@ macro_rules! backend {
                     .collect()
             }
 
-            /// Runs one of the dialect's bulk statements over `rows` (sent as
-            /// one JSON array); returns the first column of each row it
-            /// returns.
-            async fn bulk(
+            /// Runs one of the dialect's bulk statements over `items`, each
+            /// made a row by `row` (the rows go as one JSON array); returns
+            /// the first column of each row the statement returns. No items,
+            /// no statement.
+            async fn bulk<'a, T, R: serde::Serialize>(
                 tx: &mut Tx,
                 text: &'static str,
-                rows: impl serde::Serialize,
+                items: &[&'a T],
+                row: impl Fn(&'a T) -> R,
             ) -> Result<Vec<String>, StoreError> {
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let rows: Vec<R> = items.iter().map(|item| row(item)).collect();
                 let json = serde_json::to_string(&rows).expect("rows serialise");
                 sqlx::query(text)
                     .bind(json)
@@ -533,26 +539,25 @@ macro_rules! backend {
                 tx: &mut Tx,
                 claims: &[&'c Claim],
             ) -> Result<HashSet<&'c str>, StoreError> {
-                if claims.is_empty() {
-                    return Ok(HashSet::new());
-                }
-                let rows: Vec<_> = claims
-                    .iter()
-                    .map(|c| {
-                        (
-                            &c.event_id,
-                            &c.class,
-                            &c.user_id,
-                            c.channel,
-                            c.fallback_from,
-                            c.now_ms,
-                        )
-                    })
-                    .collect();
-                let inserted: HashSet<String> = bulk(tx, $dialect.bulk.claim_insert, rows)
-                    .await?
-                    .into_iter()
-                    .collect();
+                let inserted: HashSet<String> = bulk(tx, $dialect.bulk.claim_insert, claims, |c| {
+                    let Claim {
+                        event_id,
+                        class,
+                        user_id,
+                        ..
+                    } = c;
+                    (
+                        event_id,
+                        class,
+                        user_id,
+                        c.channel,
+                        c.fallback_from,
+                        c.now_ms,
+                    )
+                })
+                .await?
+                .into_iter()
+                .collect();
                 Ok(claims
                     .iter()
                     .map(|c| c.event_id.as_str())
@@ -566,14 +571,10 @@ macro_rules! backend {
                 claims: &[&Claim],
                 seq: i64,
             ) -> Result<(), StoreError> {
-                if claims.is_empty() {
-                    return Ok(());
-                }
-                let rows: Vec<_> = claims
-                    .iter()
-                    .map(|c| (&c.event_id, seq, c.attempt, c.channel, c.now_ms))
-                    .collect();
-                bulk(tx, $dialect.bulk.insert_attempts, rows).await?;
+                bulk(tx, $dialect.bulk.insert_attempts, claims, |c| {
+                    (&c.event_id, seq, c.attempt, c.channel, c.now_ms)
+                })
+                .await?;
                 Ok(())
             }
 
@@ -694,26 +695,20 @@ macro_rules! backend {
 
             /// Closes the open attempt each record names (one per event).
             async fn close_attempts(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
-                if records.is_empty() {
-                    return Ok(());
-                }
-                let rows: Vec<_> = records
-                    .iter()
-                    .map(|r| {
-                        let w = Written::of(r);
-                        (
-                            &r.event_id,
-                            r.channel,
-                            r.attempt,
-                            r.now_ms,
-                            r.outcome.attempt_outcome(),
-                            r.outcome.error(),
-                            w.provider_id,
-                            w.cost_usd,
-                        )
-                    })
-                    .collect();
-                bulk(tx, $dialect.bulk.close_attempts, rows).await?;
+                bulk(tx, $dialect.bulk.close_attempts, records, |r| {
+                    let w = Written::of(r);
+                    (
+                        &r.event_id,
+                        r.channel,
+                        r.attempt,
+                        r.now_ms,
+                        r.outcome.attempt_outcome(),
+                        r.outcome.error(),
+                        w.provider_id,
+                        w.cost_usd,
+                    )
+                })
+                .await?;
                 Ok(())
             }
 
@@ -723,24 +718,20 @@ macro_rules! backend {
                 records: &[&Record],
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
-                if records.is_empty() {
-                    return Ok(());
-                }
-                let rows: Vec<_> = records
-                    .iter()
-                    .map(|r| {
-                        let w = Written::of(r);
-                        (
-                            &r.event_id,
-                            r.channel,
-                            w.provider_id,
-                            w.cost_usd.unwrap_or(0.0),
-                            w.segments,
-                            r.now_ms,
-                        )
-                    })
-                    .collect();
-                moved.extend(bulk(tx, $dialect.bulk.record_sent, rows).await?);
+                let ids = bulk(tx, $dialect.bulk.record_sent, records, |r| {
+                    let w = Written::of(r);
+                    let cost = w.cost_usd.unwrap_or(0.0);
+                    (
+                        &r.event_id,
+                        r.channel,
+                        w.provider_id,
+                        cost,
+                        w.segments,
+                        r.now_ms,
+                    )
+                })
+                .await?;
+                moved.extend(ids);
                 Ok(())
             }
 
@@ -751,25 +742,22 @@ macro_rules! backend {
                 records: &[&Record],
                 moved: &mut HashSet<String>,
             ) -> Result<(), StoreError> {
-                if records.is_empty() {
-                    return Ok(());
-                }
-                let rows: Vec<_> = records
-                    .iter()
-                    .map(|r| {
-                        let w = Written::of(r);
-                        (
-                            &r.event_id,
-                            r.channel,
-                            w.status.as_str(),
-                            r.outcome.reason(),
-                            r.outcome.error(),
-                            w.finished_at,
-                            r.now_ms,
-                        )
-                    })
-                    .collect();
-                moved.extend(bulk(tx, $dialect.bulk.record_other, rows).await?);
+                let ids = bulk(tx, $dialect.bulk.record_other, records, |r| {
+                    let w = Written::of(r);
+                    let (reason, error) = (r.outcome.reason(), r.outcome.error());
+                    let status = w.status.as_str();
+                    (
+                        &r.event_id,
+                        r.channel,
+                        status,
+                        reason,
+                        error,
+                        w.finished_at,
+                        r.now_ms,
+                    )
+                })
+                .await?;
+                moved.extend(ids);
                 Ok(())
             }
 
