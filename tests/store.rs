@@ -188,6 +188,7 @@ on_both_backends!(
     concurrent_batches_all_commit,
     suppressed_recipients_are_refused_until_allowed,
     a_provider_opt_out_is_listed_with_its_record,
+    one_commit_applies_its_records_before_its_claims,
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
@@ -1195,6 +1196,57 @@ async fn a_provider_opt_out_is_listed_with_its_record(db: &Db) {
         [ClaimOutcome::Suppressed]
     );
     assert_eq!(store.audit(PHONE).await.unwrap()[0].source, "send_error");
+}
+
+/// The journal's transaction: a claim in the same commit as a record sees
+/// it — a sent outcome, and an opt-out the record listed.
+async fn one_commit_applies_its_records_before_its_claims(db: &Db) {
+    let store = &db.store;
+    assert_eq!(
+        store
+            .claim(&[to("c1", "sms", PHONE), claim("c2", "sms", 1, T0)])
+            .await
+            .unwrap(),
+        [SEND, SEND]
+    );
+    let opted_out = Record {
+        opt_out: Some(change(PHONE, "sms", SuppressionAction::Suppress)),
+        ..record(
+            "c1",
+            "sms",
+            1,
+            Outcome::Suppressed {
+                reason: "unsubscribed".to_owned(),
+            },
+            T0 + 2,
+        )
+    };
+    let sent_c2 = record("c2", "sms", 1, sent("SMc2", 0.0075, 1), T0 + 2);
+    let verdicts = store
+        .commit(
+            &[opted_out, sent_c2],
+            &[
+                claim("c2", "sms", 2, T0 + 3),
+                to("c3", "sms", PHONE),
+                claim("c4", "sms", 1, T0 + 3),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        verdicts,
+        [
+            ClaimOutcome::AlreadySent {
+                provider_id: Some("SMc2".to_owned())
+            },
+            ClaimOutcome::Suppressed,
+            SEND,
+        ]
+    );
+    assert_eq!(view(store, "c2").await.status, Status::Sent);
+    assert_eq!(view(store, "c4").await.status, Status::Sending);
+    // Nothing to do is no transaction and no verdict.
+    assert!(store.commit(&[], &[]).await.unwrap().is_empty());
 }
 
 async fn a_webhook_delivery_applies_once(db: &Db) {
