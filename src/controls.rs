@@ -241,9 +241,14 @@ impl Controls {
         let old = self.config();
         let (live, reloaded) = merge_live(&old, &new);
         live.validate().map_err(ControlError::Invalid)?;
+        // Only limits the file changed: a live change made through the API
+        // stands against a reload that did not touch that limit.
         for ((channel, class), rate) in &self.rates {
-            if let Some(c) = live.classes.get(class) {
-                self.apply_rate(*channel, class, rate, c.rate_per_min(*channel));
+            if let (Some(was), Some(now)) = (old.classes.get(class), live.classes.get(class)) {
+                let per_min = now.rate_per_min(*channel);
+                if was.rate_per_min(*channel) != per_min {
+                    self.apply_rate(*channel, class, rate, per_min);
+                }
             }
         }
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);

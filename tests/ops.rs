@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use herald::engine::Engine;
 use herald::fakes::FakeResponse;
+use herald_actors::model::Channel;
 use serde_json::Value;
 use support::*;
 
@@ -259,12 +260,20 @@ async fn reload_applies_a_valid_file_and_keeps_the_old_config_on_a_bad_one() {
         c.base_delay_secs = shipped_config.classes[name].base_delay_secs;
         c.max_delay_secs = shipped_config.classes[name].max_delay_secs;
     }
+    // One class's limits as shipped too: the file below leaves them alone.
+    w.class_mut("milestone_reminder").rate_limit =
+        shipped_config.classes["milestone_reminder"].rate_limit;
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let api = Api::new(&engine);
     let file = w.dir.path().join("herald.toml");
     let (status, v) = api.call("POST", "/api/reload", None).await;
     assert_eq!(status, 409, "no file to reload yet: {v}");
     engine.controls.reload_from(file.clone());
+    // A live change to a limit the file below leaves alone.
+    engine
+        .controls
+        .set_rate("milestone_reminder", Some(Channel::Sms), 7)
+        .unwrap();
 
     // As the World runs: no quiet hours (they would hold the SMS below).
     let shipped = herald::config::SHIPPED_CONFIG.replace(
@@ -287,6 +296,12 @@ async fn reload_applies_a_valid_file_and_keeps_the_old_config_on_a_bad_one() {
     );
     let limit = r#"herald_rate_limit_per_minute{channel="sms",class="weekly_checkin"}"#;
     assert_eq!(metric(engine.http_addr, limit).await, 1234.0);
+    let untouched = r#"herald_rate_limit_per_minute{channel="sms",class="milestone_reminder"}"#;
+    assert_eq!(
+        metric(engine.http_addr, untouched).await,
+        7.0,
+        "the reload did not undo a live change the file did not touch"
+    );
 
     std::fs::write(&file, shipped.replace("priority = 3", "priority = 99")).unwrap();
     let (status, v) = api.call("POST", "/api/reload", None).await;
