@@ -110,14 +110,22 @@ async fn settle_task(
     let mut window = AckWindow::new();
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     let mut frames = Vec::new();
+    // When held acks go one by one: STRAGGLER_WAIT after they were first
+    // held, however busy the channel is meanwhile.
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
-        let got = if window.has_stragglers() {
-            match tokio::time::timeout(STRAGGLER_WAIT, rx.recv_many(&mut batch, SETTLE_BATCH)).await
-            {
+        flush_at = match (window.has_stragglers(), flush_at) {
+            (false, _) => None,
+            (true, None) => Some(tokio::time::Instant::now() + STRAGGLER_WAIT),
+            (true, at) => at,
+        };
+        let got = if let Some(at) = flush_at {
+            match tokio::time::timeout_at(at, rx.recv_many(&mut batch, SETTLE_BATCH)).await {
                 Ok(n) => n,
                 Err(_) => {
                     window.flush_stragglers(&mut frames);
                     send_frames(&channel, &mut frames).await;
+                    flush_at = None;
                     continue;
                 }
             }
