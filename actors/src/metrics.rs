@@ -205,7 +205,7 @@ impl Metrics {
             store_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "herald_store_duration_seconds",
-                    "Time one delivery-store batch took, by operation (claim, record).",
+                    "Time one delivery-store transaction of the journal took (op commit: a batch of outcome records, then a batch of claims).",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,

@@ -92,6 +92,7 @@ impl SharedStatus {
     }
 
     /// A status whose metrics are registered nowhere (tests).
+    #[cfg(test)]
     pub fn detached() -> Arc<SharedStatus> {
         SharedStatus::new(
             IntCounter::new("detached_degraded_total", "unregistered").expect("valid metric"),
@@ -220,6 +221,7 @@ impl Pace {
 
     /// Whether the limit is shared right now (`false` for a local pace and
     /// while degraded).
+    #[cfg(test)]
     pub fn is_shared(&self) -> bool {
         match &self.mode {
             Mode::Local(_) => false,
