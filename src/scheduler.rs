@@ -65,7 +65,8 @@ pub fn defer(s: &Scheduling, job: &Job, hold: Hold, ticket: Ticket) {
         created_at_ms: s.clock.now_ms(),
     };
     let s = s.clone();
-    tokio::spawn(async move {
+    // On the I/O runtime, as the journal's batches: off the actor thread.
+    crate::offload::handle().spawn(async move {
         match s.store.schedule(std::slice::from_ref(&event)).await {
             Ok(()) => {
                 s.metrics
@@ -90,7 +91,7 @@ pub fn defer(s: &Scheduling, job: &Job, hold: Hold, ticket: Ticket) {
 
 /// Publishes due events back to their class queues, every [`POLL`].
 pub fn spawn(s: Scheduling, publisher: Publisher) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::offload::handle().spawn(async move {
         let mut failing = false;
         let mut counted_at: Option<tokio::time::Instant> = None;
         loop {
