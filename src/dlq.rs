@@ -70,22 +70,19 @@ async fn depth(conn: &Connection) -> lapin::Result<u32> {
     Ok(q.message_count())
 }
 
-/// Every dead letter, oldest first; the queue is left as it was.
-pub async fn list(conn: &Connection) -> lapin::Result<Vec<Letter>> {
-    let n = depth(conn).await?;
-    let ch = conn.create_channel().await?;
+/// Every dead letter, oldest first; the queue is left as it was (none is
+/// taken, so all go back when the channel closes).
+pub async fn list(conn: &Connection) -> Result<Vec<Letter>, String> {
     let mut out = Vec::new();
-    for _ in 0..n {
-        let Some(msg) = ch
-            .basic_get(DLQ.into(), BasicGetOptions { no_ack: false })
-            .await?
-        else {
-            break;
-        };
-        out.push(describe(&msg.delivery.properties, &msg.delivery.data));
-    }
-    // Closing the channel returns every unacked message to the queue.
-    let _ = ch.close(200, "listed".into()).await;
+    take_each(
+        conn,
+        |letter| {
+            out.push(letter.clone());
+            false
+        },
+        async |_, _| Ok(()),
+    )
+    .await?;
     Ok(out)
 }
 
@@ -110,7 +107,7 @@ impl Which<'_> {
 /// closes. Returns how many were taken.
 async fn take_each(
     conn: &Connection,
-    select: impl Fn(&Letter) -> bool,
+    mut select: impl FnMut(&Letter) -> bool,
     mut take: impl AsyncFnMut(lapin::message::Delivery, Letter) -> Result<(), String>,
 ) -> Result<usize, String> {
     let n = depth(conn).await.map_err(|e| e.to_string())?;

@@ -253,7 +253,7 @@ async fn dlq(cfg: Config, command: DlqCommand) -> anyhow::Result<()> {
     );
     match command {
         DlqCommand::List => {
-            for letter in herald::dlq::list(&conn).await? {
+            for letter in herald::dlq::list(&conn).await.map_err(anyhow::Error::msg)? {
                 println!("{}", serde_json::to_string(&letter)?);
             }
         }
