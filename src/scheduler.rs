@@ -19,9 +19,9 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tracing::{debug, info, warn};
 
-use crate::amqp::publisher::{headers, Publisher};
+use crate::amqp::publisher::{event_properties, put_progress, Publisher};
+use crate::amqp::put_u64;
 use crate::amqp::topology::EXCHANGE;
-use crate::amqp::{put_str, put_u64};
 use crate::schedule::{Clock, Hold};
 use crate::store::{ScheduledEvent, Store};
 
@@ -162,20 +162,8 @@ fn properties(e: &ScheduledEvent) -> BasicProperties {
     let mut h = FieldTable::default();
     put_u64(&mut h, DUE_HEADER, u64::try_from(e.due_at_ms).unwrap_or(0));
     if e.attempt > 0 || e.fallback_from.is_some() {
-        put_u64(&mut h, headers::ATTEMPT, u64::from(e.attempt));
-        put_str(&mut h, headers::CHANNEL, &e.channel);
-        if let Some(from) = &e.fallback_from {
-            put_str(&mut h, headers::FALLBACK_FROM, from);
-        }
+        put_progress(&mut h, e.attempt, &e.channel, e.fallback_from.as_deref());
     }
-    let mut props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_priority(e.priority)
-        .with_content_type("application/json".into())
-        .with_message_id(e.event_id.as_str().into())
-        .with_headers(h);
-    if let Some(ms) = e.published_at_ms {
-        props = props.with_timestamp(u64::try_from(ms / 1000).unwrap_or(0));
-    }
-    props
+    let published_at_ms = e.published_at_ms.map(|ms| u64::try_from(ms).unwrap_or(0));
+    event_properties(&e.event_id, e.priority, published_at_ms).with_headers(h)
 }

@@ -99,12 +99,7 @@ impl Publisher {
         body: &[u8],
         priority: u8,
     ) -> Result<(), BrokerError> {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_priority(priority)
-            .with_content_type("application/json".into())
-            .with_message_id(event_id.into())
-            .with_timestamp(now_ms() / 1000);
+        let props = event_properties(event_id, priority, Some(now_ms()));
         self.publish(EXCHANGE, class, body, props).await
     }
 
@@ -112,6 +107,34 @@ impl Publisher {
         let delays = self.retry_delays_ms.get(class)?;
         let i = (retry.max(1) as usize - 1).min(delays.len().checked_sub(1)?);
         Some((topology::delay_queue(class, delays[i]), delays[i]))
+    }
+}
+
+/// An event's properties wherever herald publishes it: persistent JSON,
+/// its priority and id, and when it was first published (seconds).
+pub fn event_properties(
+    event_id: &str,
+    priority: u8,
+    published_at_ms: Option<u64>,
+) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_priority(priority)
+        .with_content_type("application/json".into())
+        .with_message_id(event_id.into());
+    match published_at_ms {
+        Some(ms) => props.with_timestamp(ms / 1000),
+        None => props,
+    }
+}
+
+/// Where a job stands, for the consumer that takes it again: its attempt,
+/// its channel and the channel it fell back from.
+pub fn put_progress(h: &mut FieldTable, attempt: u32, channel: &str, fallback_from: Option<&str>) {
+    put_u64(h, headers::ATTEMPT, u64::from(attempt));
+    put_str(h, headers::CHANNEL, channel);
+    if let Some(from) = fallback_from {
+        put_str(h, headers::FALLBACK_FROM, from);
     }
 }
 
@@ -137,23 +160,13 @@ impl Broker for Publisher {
                 .boxed();
         };
         let mut h = FieldTable::default();
-        put_u64(&mut h, headers::ATTEMPT, u64::from(retry));
-        put_str(&mut h, headers::CHANNEL, job.channel.as_str());
-        if let Some(from) = job.fallback_from {
-            put_str(&mut h, headers::FALLBACK_FROM, from.as_str());
-        }
+        let from = job.fallback_from.map(|c| c.as_str());
+        put_progress(&mut h, retry, job.channel.as_str(), from);
         put_str(&mut h, headers::LAST_ERROR, reason);
         let expiration = (delay.as_millis() as u64).min(nominal_ms).to_string();
-        let mut props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_priority(job.amqp_priority)
-            .with_content_type("application/json".into())
-            .with_message_id(job.event_id.as_ref().into())
+        let props = event_properties(&job.event_id, job.amqp_priority, job.published_at_ms)
             .with_expiration(expiration.as_str().into())
             .with_headers(h);
-        if let Some(ms) = job.published_at_ms {
-            props = props.with_timestamp(ms / 1000);
-        }
         let body = job.raw.clone();
         async move { this.publish("", &queue, &body, props).await }.boxed()
     }
