@@ -448,7 +448,12 @@ async fn resend_verdict(state: &WebhookState, req: &HttpRequest, body: &[u8]) ->
         ),
         _ => None,
     };
-    if !matches!(event.kind.as_str(), "email.bounced" | "email.complained") {
+    // A receipt the store did not take: answer so before a bounce's
+    // suppression marks this delivery processed, so Svix's retry brings
+    // both (receipts apply idempotently).
+    if receipt == Some(Verdict::StoreError)
+        || !matches!(event.kind.as_str(), "email.bounced" | "email.complained")
+    {
         return receipt.unwrap_or(Verdict::Ignored);
     }
     let now = now_ms();
