@@ -260,17 +260,12 @@ async fn change_suppression(
     body: SuppressionBody,
     action: SuppressionAction,
 ) -> HttpResponse {
-    let channel = match body.channel.as_str() {
-        "sms" => Channel::Sms,
-        "email" => Channel::Email,
-        _ => {
-            return HttpResponse::BadRequest()
-                .json(serde_json::json!({"error": "channel must be sms or email"}))
-        }
+    let Some(channel) = Channel::parse(&body.channel) else {
+        return bad_channel();
     };
     let valid = match channel {
         Channel::Sms => crate::event::is_e164(body.address.trim()),
-        Channel::Email => body.address.contains('@'),
+        Channel::Email => crate::event::is_email(body.address.trim()),
     };
     if !valid {
         return HttpResponse::BadRequest()
@@ -312,11 +307,13 @@ struct AuditQuery {
     channel: String,
 }
 
+fn bad_channel() -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({"error": "channel must be sms or email"}))
+}
+
 async fn audit(state: web::Data<ApiState>, q: web::Query<AuditQuery>) -> HttpResponse {
-    let channel = if q.channel == "sms" {
-        Channel::Sms
-    } else {
-        Channel::Email
+    let Some(channel) = Channel::parse(&q.channel) else {
+        return bad_channel();
     };
     match state
         .store
