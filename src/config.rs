@@ -1163,6 +1163,16 @@ impl Checker<'_> {
         }
     }
 
+    /// A 24-hour time of day, `HH:MM`; parsed, or `None` with the problem
+    /// noted.
+    fn hhmm(&mut self, path: impl Into<String>, value: &str) -> Option<NaiveTime> {
+        let time = parse_hhmm(value);
+        if time.is_none() {
+            self.push(path, format!("must be a 24-hour time HH:MM, got {value:?}"));
+        }
+        time
+    }
+
     /// An absolute `http://` or `https://` URL.
     fn http_url(&mut self, path: &str, value: &str) {
         match url::Url::parse(value) {
@@ -1413,20 +1423,8 @@ impl Config {
 
     fn check_quiet_hours(&self, c: &mut Checker<'_>) {
         let q = &self.quiet_hours;
-        let start = parse_hhmm(&q.start);
-        let end = parse_hhmm(&q.end);
-        if start.is_none() {
-            c.push(
-                "quiet_hours.start",
-                format!("must be a 24-hour time HH:MM, got {:?}", q.start),
-            );
-        }
-        if end.is_none() {
-            c.push(
-                "quiet_hours.end",
-                format!("must be a 24-hour time HH:MM, got {:?}", q.end),
-            );
-        }
+        let start = c.hhmm("quiet_hours.start", &q.start);
+        let end = c.hhmm("quiet_hours.end", &q.end);
         if start.is_some() && start == end {
             c.push(
                 "quiet_hours.end",
@@ -1499,12 +1497,7 @@ impl Config {
                 ("deliver_at_local_weekend", &class.deliver_at_local_weekend),
             ] {
                 if let Some(v) = value {
-                    if parse_hhmm(v).is_none() {
-                        c.push(
-                            format!("{base}.{key}"),
-                            format!("must be a time of day \"HH:MM\", got {v:?}"),
-                        );
-                    }
+                    c.hhmm(format!("{base}.{key}"), v);
                 }
             }
             if let Some(cap) = &class.frequency_cap {
