@@ -260,20 +260,16 @@ impl Controls {
     }
 }
 
-/// What shapes a class's actors and queues: a change here needs a restart.
-fn structure(c: &ClassConfig) -> String {
-    format!(
-        "{:?}",
-        (
-            c.priority,
-            c.channel,
-            c.fallback,
-            c.retries,
-            c.base_delay_secs,
-            c.max_delay_secs,
-            c.frequency_cap,
-        )
-    )
+/// Whether two versions of a class agree on what shapes its actors and
+/// queues (a change there needs a restart).
+fn same_structure(a: &ClassConfig, b: &ClassConfig) -> bool {
+    a.priority == b.priority
+        && a.channel == b.channel
+        && a.fallback == b.fallback
+        && a.retries == b.retries
+        && a.base_delay_secs == b.base_delay_secs
+        && a.max_delay_secs == b.max_delay_secs
+        && a.frequency_cap == b.frequency_cap
 }
 
 /// `old` with what can change live taken from `new`.
@@ -294,7 +290,7 @@ fn merge_live(old: &Config, new: &Config) -> (Config, Reloaded) {
         c.deliver_at_local = n.deliver_at_local.clone();
         c.deliver_at_local_weekend = n.deliver_at_local_weekend.clone();
         c.quiet_hours_exempt = n.quiet_hours_exempt;
-        if structure(c) != structure(n) {
+        if !same_structure(c, n) {
             restart_required.push(format!("classes.{name}"));
         }
     }
@@ -308,6 +304,7 @@ fn merge_live(old: &Config, new: &Config) -> (Config, Reloaded) {
         "classes.*.subject",
         "classes.*.template",
         "classes.*.deliver_at_local",
+        "classes.*.deliver_at_local_weekend",
         "classes.*.quiet_hours_exempt",
     ]
     .map(str::to_owned)
