@@ -53,7 +53,7 @@ impl DeliveryLog for StoreLog {
             // Built here, on the I/O runtime, not on the journal's thread.
             let now = store::now_ms();
             let records = records_of(records, now);
-            let claims = claims_of(&claims, &caps, now);
+            let claims = claims_of(claims, &caps, now);
             let outcomes = store
                 .commit(&records, &claims)
                 .await
@@ -76,12 +76,12 @@ impl DeliveryLog for StoreLog {
 
 /// The store's rows for the journal's claims, at `now`.
 fn claims_of(
-    claims: &[ClaimRequest],
+    claims: Vec<ClaimRequest>,
     caps: &HashMap<String, (u32, Duration)>,
     now: i64,
 ) -> Vec<Claim> {
     claims
-        .iter()
+        .into_iter()
         .map(|c| Claim {
             event_id: c.event_id.to_string(),
             class: c.class.to_string(),
@@ -89,7 +89,7 @@ fn claims_of(
             channel: c.channel.as_str(),
             attempt: attempt_no(c.attempt),
             fallback_from: c.fallback_from.map(|f| f.as_str()),
-            address: c.address.clone(),
+            address: c.address,
             cap: caps
                 .get(c.class.as_ref())
                 .map(|(max, window)| FrequencyCap {
