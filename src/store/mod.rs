@@ -47,10 +47,12 @@ pub const DEFAULT_URL: &str = "sqlite://data/herald.db";
 
 /// How long a SQLite writer waits for another to finish before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// SQLite serialises writers, so two connections serve readers and one
-/// writer at a time. Each keeps its own page cache ([`SQLITE_CACHE_KIB`]):
-/// measured with `herald bench`, two of 2 MiB beat four of 512 KiB by ~8 %
-/// in throughput for the same memory (docs/benchmarks.md).
+/// SQLite serialises writers, so two pooled connections serve the readers
+/// and the occasional other writer, beside the journal's own
+/// [`SqliteWriter`]. Each keeps its own page cache ([`SQLITE_CACHE_KIB`]):
+/// measured with `herald bench`, caches of 2 MiB beat 512 KiB by ~8 % in
+/// throughput, and 8 MiB for the writer gained nothing measurable for
+/// 7 MB more memory (docs/benchmarks.md).
 const SQLITE_MAX_CONNECTIONS: u32 = 2;
 /// SQLite's page cache per connection, in KiB. Smaller, and a batch's
 /// writes spill from the cache mid-transaction and are read back.
@@ -74,16 +76,26 @@ pub struct Store {
 /// statement text (sqlx's `Any` driver would lose the native types).
 #[derive(Debug, Clone)]
 enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePool, SqliteWriter),
     Postgres(PgPool),
 }
+
+/// The one SQLite connection that runs the journal's commits (the hot
+/// path), apart from the pool that serves everything else. In WAL mode a
+/// connection drops its whole page cache when another has written since
+/// its last transaction; sqlx hands out idle connections first-in
+/// first-out, so commits alternating between pooled connections found a
+/// cold cache every time and read every page back from the file. A
+/// connection of its own keeps the B-tree pages it writes to warm.
+#[derive(Debug, Clone)]
+struct SqliteWriter(SqlitePool);
 
 /// Calls the operation `$op` of the store's backend module (see
 /// `ops.rs`) with its pool and the remaining arguments.
 macro_rules! dispatch {
     ($store:expr, $op:ident($($arg:expr),*)) => {
         match &$store.backend {
-            Backend::Sqlite(pool) => ops::sqlite::$op(pool, $($arg),*).await,
+            Backend::Sqlite(pool, _) => ops::sqlite::$op(pool, $($arg),*).await,
             Backend::Postgres(pool) => ops::postgres::$op(pool, $($arg),*).await,
         }
     };
@@ -98,7 +110,8 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let shown = redact(url);
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(open_sqlite(url, &shown).await?)
+            let (pool, writer) = open_sqlite(url, &shown).await?;
+            Backend::Sqlite(pool, writer)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(open_postgres(url, &shown).await?)
         } else {
@@ -110,7 +123,7 @@ impl Store {
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         match self.backend {
-            Backend::Sqlite(_) => "sqlite",
+            Backend::Sqlite(..) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
     }
@@ -123,7 +136,10 @@ impl Store {
     /// Waits for open transactions and closes every connection (shutdown).
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Sqlite(pool, SqliteWriter(writer)) => {
+                writer.close().await;
+                pool.close().await;
+            }
             Backend::Postgres(pool) => pool.close().await,
         }
     }
@@ -156,7 +172,12 @@ impl Store {
         if records.is_empty() && claims.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self, commit(records, claims))
+        match &self.backend {
+            Backend::Sqlite(_, SqliteWriter(writer)) => {
+                ops::sqlite::commit(writer, records, claims).await
+            }
+            Backend::Postgres(pool) => ops::postgres::commit(pool, records, claims).await,
+        }
     }
 
     /// Applies changes to the suppression list in one transaction, each
@@ -312,7 +333,7 @@ impl Store {
     }
 }
 
-async fn open_sqlite(url: &str, shown: &str) -> Result<SqlitePool, StoreError> {
+async fn open_sqlite(url: &str, shown: &str) -> Result<(SqlitePool, SqliteWriter), StoreError> {
     let options = SqliteConnectOptions::from_str(url).map_err(|source| StoreError::InvalidUrl {
         url: shown.to_owned(),
         source,
@@ -338,24 +359,33 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<SqlitePool, StoreError> {
         // Statement journals (a multi-row statement's undo) in memory, not
         // in a temporary file created and deleted for each statement.
         .pragma("temp_store", "memory");
-    let pool_options = SqlitePoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
-    // An in-memory database lives as long as a connection to it: keep one.
-    let pool_options = if in_memory {
-        pool_options
+    // A connection kept open for good: an in-memory database lives as long
+    // as a connection to it, and the writer's cache is what it is for.
+    let kept = || {
+        SqlitePoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-    } else {
-        pool_options.max_connections(SQLITE_MAX_CONNECTIONS)
     };
-    let pool = pool_options
-        .connect_with(options)
-        .await
-        .map_err(|source| StoreError::Connect {
-            url: shown.to_owned(),
-            source,
-        })?;
+    let connect = |pool_options: SqlitePoolOptions, options| async move {
+        pool_options
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: shown.to_owned(),
+                source,
+            })
+    };
+    let pool = if in_memory {
+        connect(kept(), options.clone()).await?
+    } else {
+        let pool_options = SqlitePoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(SQLITE_MAX_CONNECTIONS);
+        connect(pool_options, options.clone()).await?
+    };
     SQLITE_MIGRATOR
         .run(&pool)
         .await
@@ -363,7 +393,13 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<SqlitePool, StoreError> {
             url: shown.to_owned(),
             source,
         })?;
-    Ok(pool)
+    // One in-memory database has no second connection to share it.
+    let writer = if in_memory {
+        pool.clone()
+    } else {
+        connect(kept(), options).await?
+    };
+    Ok((pool, SqliteWriter(writer)))
 }
 
 async fn open_postgres(url: &str, shown: &str) -> Result<PgPool, StoreError> {
