@@ -12,8 +12,8 @@
 use std::time::Instant;
 
 use herald::store::{
-    Claim, ClaimOutcome, FrequencyCap, MessageView, Outcome, Record, ScheduledEvent, Status, Store,
-    SuppressionAction, SuppressionChange,
+    Claim, ClaimOutcome, FrequencyCap, KeptEvent, MessageView, Outcome, Receipt, ReceiptOutcome,
+    Record, ScheduledEvent, Status, Store, SuppressionAction, SuppressionChange,
 };
 use sqlx::{Connection, Executor};
 
@@ -189,6 +189,7 @@ on_both_backends!(
     suppressed_recipients_are_refused_until_allowed,
     a_provider_opt_out_is_listed_with_its_record,
     one_commit_applies_its_records_before_its_claims,
+    a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies,
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
@@ -1247,6 +1248,72 @@ async fn one_commit_applies_its_records_before_its_claims(db: &Db) {
     assert_eq!(view(store, "c4").await.status, Status::Sending);
     // Nothing to do is no transaction and no verdict.
     assert!(store.commit(&[], &[]).await.unwrap().is_empty());
+}
+
+/// Receipt keys and kept events go in with the batch's other records (one
+/// statement each per batch): every tracked send is found by its provider
+/// id, an untracked one is not, and an undelivered SMS falls back with its
+/// body byte for byte, as the first record of its event in the batch kept it.
+async fn a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies(db: &Db) {
+    let store = &db.store;
+    let ids = ["k1", "k2", "k3"];
+    let claims: Vec<Claim> = ids.iter().map(|id| claim(id, "sms", 1, T0)).collect();
+    assert_eq!(store.claim(&claims).await.unwrap(), [SEND, SEND, SEND]);
+    // Not UTF-8: the body is bytes, not text.
+    let body_k1 = vec![0x7b, 0x00, 0xff, 0xfe, 0x7d];
+    let tracked = |id: &str, sid: &str, body: &[u8]| Record {
+        track_receipts: true,
+        keep_for_fallback: Some(KeptEvent {
+            priority: 7,
+            published_at_ms: Some(T0 - 5),
+            body: body.to_vec(),
+        }),
+        ..record(id, "sms", 1, sent(sid, 0.0079, 1), T0 + 1)
+    };
+    store
+        .record(&[
+            tracked("k1", "SMk1", &body_k1),
+            tracked("k2", "SMk2", b"{\"k\":2}"),
+            // The same event again later in the batch keeps the first body.
+            tracked("k2", "SMk2", b"{\"k\":\"later\"}"),
+            record("k3", "sms", 1, sent("SMk3", 0.0079, 1), T0 + 1),
+        ])
+        .await
+        .unwrap();
+    let receipt = |sid: &str, status: &str, failed: bool| Receipt {
+        provider_id: sid.to_owned(),
+        status: status.to_owned(),
+        rank: 3,
+        error: failed.then(|| "30003".to_owned()),
+        failed,
+        now_ms: T0 + 10,
+    };
+    let applied = |fallback: Option<&str>| ReceiptOutcome::Applied {
+        fallback: fallback.map(str::to_owned),
+    };
+    for (sid, id, body) in [("SMk1", "k1", &body_k1[..]), ("SMk2", "k2", b"{\"k\":2}")] {
+        let outcome = store
+            .receipt(&receipt(sid, "undelivered", true))
+            .await
+            .unwrap();
+        assert_eq!(outcome, applied(Some("payment_reminder")), "{sid}");
+        let held = store.scheduled(id).await.unwrap();
+        assert_eq!(held.len(), 1, "{id}");
+        assert_eq!(held[0].body, body, "{id}");
+        assert_eq!(
+            (held[0].priority, held[0].published_at_ms),
+            (7, Some(T0 - 5))
+        );
+        assert_eq!(held[0].reason, "receipt_fallback");
+    }
+    // Untracked: no receipt can find it.
+    assert_eq!(
+        store
+            .receipt(&receipt("SMk3", "delivered", false))
+            .await
+            .unwrap(),
+        ReceiptOutcome::Unknown
+    );
 }
 
 async fn a_webhook_delivery_applies_once(db: &Db) {

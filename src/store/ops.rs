@@ -59,6 +59,20 @@ impl<'a> Written<'a> {
     }
 }
 
+impl Record {
+    /// The provider id that receipts for this record's send will name, if
+    /// they are to find it (an accepted send of a class that tracks them).
+    pub(crate) fn receipt_key(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Sent {
+                provider_id: Some(id),
+                ..
+            } if self.track_receipts => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// The error recorded on an attempt found open by a later claim.
 pub(crate) const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
 
@@ -72,8 +86,8 @@ macro_rules! backend {
 
             use super::{Written, UNFINISHED_ERROR};
             use crate::store::model::{
-                AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost, FrequencyCap, MessageView,
-                Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
+                AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost, FrequencyCap, KeptEvent,
+                MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
                 SuppressionAction, SuppressionChange, SuppressionView,
             };
             use crate::store::{
@@ -516,13 +530,13 @@ macro_rules! backend {
             async fn bulk<'a, T, R: serde::Serialize>(
                 tx: &mut Tx,
                 text: &'static str,
-                items: &[&'a T],
+                items: &'a [T],
                 row: impl Fn(&'a T) -> R,
             ) -> Result<Vec<String>, StoreError> {
                 if items.is_empty() {
                     return Ok(Vec::new());
                 }
-                let rows: Vec<R> = items.iter().map(|item| row(item)).collect();
+                let rows: Vec<R> = items.iter().map(row).collect();
                 let json = serde_json::to_string(&rows).expect("rows serialise");
                 sqlx::query(text)
                     .bind(json)
@@ -661,35 +675,30 @@ macro_rules! backend {
                 for change in records.iter().filter_map(|r| r.opt_out.as_ref()) {
                     change_suppression(tx, change).await?;
                 }
-                for r in records {
-                    if let (
-                        true,
-                        Outcome::Sent {
-                            provider_id: Some(id),
-                            ..
-                        },
-                    ) = (r.track_receipts, &r.outcome)
-                    {
-                        sqlx::query(sql::RECEIPT_KEY)
-                            .bind(id.as_str())
-                            .bind(r.event_id.as_str())
-                            .bind(r.now_ms)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    if let Some(kept) = &r.keep_for_fallback {
-                        sqlx::query(sql::KEEP_FALLBACK)
-                            .bind(r.event_id.as_str())
-                            .bind(r.class.as_str())
-                            .bind(r.user_id.as_str())
-                            .bind(i64::from(kept.priority))
-                            .bind(kept.published_at_ms)
-                            .bind(kept.body.as_slice())
-                            .bind(r.now_ms)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
+                let keyed: Vec<&Record> = records
+                    .iter()
+                    .filter(|r| r.receipt_key().is_some())
+                    .collect();
+                bulk(tx, $dialect.bulk.receipt_keys, &keyed, |r| {
+                    (r.receipt_key(), &r.event_id, r.now_ms)
+                })
+                .await?;
+                let kept: Vec<(&Record, &KeptEvent)> = records
+                    .iter()
+                    .filter_map(|r| Some((r, r.keep_for_fallback.as_ref()?)))
+                    .collect();
+                bulk(tx, $dialect.bulk.keep_fallback, &kept, |(r, k)| {
+                    (
+                        &r.event_id,
+                        &r.class,
+                        &r.user_id,
+                        k.priority,
+                        k.published_at_ms,
+                        hex::encode(&k.body),
+                        r.now_ms,
+                    )
+                })
+                .await?;
                 Ok(())
             }
 

@@ -191,12 +191,6 @@ pub(crate) const PROVIDER_ID_KNOWN: &str = "\
 SELECT 1 FROM receipt_keys k JOIN messages m ON m.event_id = k.event_id \
 WHERE k.provider_id = $1 AND m.provider_id = $1";
 
-/// Makes an accepted send findable by its receipts. `$1` provider id,
-/// `$2` event id, `$3` now.
-pub(crate) const RECEIPT_KEY: &str = "\
-INSERT INTO receipt_keys (provider_id, event_id, created_at) VALUES ($1, $2, $3) \
-ON CONFLICT (provider_id) DO NOTHING";
-
 /// Receipt keys past the time a receipt can take. `$1` cutoff, `$2` batch.
 pub(crate) const PURGE_RECEIPT_KEYS: &str = "\
 DELETE FROM receipt_keys WHERE provider_id IN (\
@@ -206,13 +200,6 @@ SELECT provider_id FROM receipt_keys WHERE created_at < $1 LIMIT $2)";
 /// address). `$1` user id.
 pub(crate) const ERASE_RECEIPT_KEYS: &str = "\
 DELETE FROM receipt_keys WHERE event_id IN (SELECT event_id FROM messages WHERE user_id = $1)";
-
-/// Keeps an accepted SMS's event for a fallback on an undelivered receipt.
-/// `$1` event id, `$2` class, `$3` user id, `$4` priority, `$5` published
-/// at, `$6` body, `$7` now.
-pub(crate) const KEEP_FALLBACK: &str = "\
-INSERT INTO fallback_pending (event_id, class, user_id, priority, published_at, body, created_at) \
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING";
 
 /// Takes a kept event for its fallback. `$1` event id.
 pub(crate) const TAKE_FALLBACK: &str = "\
@@ -266,10 +253,17 @@ pub(crate) struct Bulk {
     /// the channel it is on: event id, channel, status, reason, error,
     /// finished at, now. Returns the ids it moved.
     pub record_other: &'static str,
+    /// Makes accepted sends findable by their receipts: provider id, event
+    /// id, now. A provider id already there keeps its event.
+    pub receipt_keys: &'static str,
+    /// Keeps accepted SMS events for a fallback on an undelivered receipt:
+    /// event id, class, user id, priority, published at, body (hex), now.
+    /// An event already kept stays as it was.
+    pub keep_fallback: &'static str,
 }
 
 macro_rules! bulk {
-    ($rows:literal) => {
+    ($rows:literal, $unhex:literal) => {
         Bulk {
             claim_insert: concat!(
                 "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
@@ -318,6 +312,21 @@ CAST(value ->> 6 AS BIGINT) AS at FROM ",
 AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') \
 RETURNING messages.event_id"
             ),
+            receipt_keys: concat!(
+                "INSERT INTO receipt_keys (provider_id, event_id, created_at) \
+SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS BIGINT) FROM ",
+                $rows,
+                " WHERE true ON CONFLICT (provider_id) DO NOTHING"
+            ),
+            keep_fallback: concat!(
+                "INSERT INTO fallback_pending (event_id, class, user_id, priority, published_at, body, \
+created_at) SELECT value ->> 0, value ->> 1, value ->> 2, CAST(value ->> 3 AS BIGINT), \
+CAST(value ->> 4 AS BIGINT), ",
+                $unhex,
+                ", CAST(value ->> 6 AS BIGINT) FROM ",
+                $rows,
+                " WHERE true ON CONFLICT (event_id) DO NOTHING"
+            ),
         }
     };
 }
@@ -326,14 +335,17 @@ pub(crate) const SQLITE: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1",
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT value FROM json_each($1))",
-    bulk: bulk!("json_each($1)"),
+    bulk: bulk!("json_each($1)", "unhex(value ->> 5)"),
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
-    bulk: bulk!("jsonb_array_elements($1::jsonb) AS j(value)"),
+    bulk: bulk!(
+        "jsonb_array_elements($1::jsonb) AS j(value)",
+        "decode(value ->> 5, 'hex')"
+    ),
 };
 
 #[cfg(test)]
@@ -355,6 +367,8 @@ mod tests {
                 bulk.close_attempts,
                 bulk.record_sent,
                 bulk.record_other,
+                bulk.receipt_keys,
+                bulk.keep_fallback,
             ] {
                 assert!(text.contains(rows), "{text}");
                 assert!(!text.contains("$2"), "one parameter: {text}");
