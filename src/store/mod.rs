@@ -47,9 +47,8 @@ pub const DEFAULT_URL: &str = "sqlite://data/herald.db";
 
 /// How long a SQLite writer waits for another to finish before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// SQLite serialises writers, so two pooled connections serve the readers
-/// and the occasional other writer, beside the journal's own
-/// [`SqliteWriter`]. Each keeps its own page cache ([`SQLITE_CACHE_KIB`]):
+/// SQLite serialises writers, so two pooled connections serve the readers,
+/// beside the one [`SqliteWriter`]. Each keeps its own page cache ([`SQLITE_CACHE_KIB`]):
 /// measured with `herald bench`, caches of 2 MiB beat 512 KiB by ~8 % in
 /// throughput, and 8 MiB for the writer gained nothing measurable for
 /// 7 MB more memory (docs/benchmarks.md).
@@ -80,22 +79,31 @@ enum Backend {
     Postgres(PgPool),
 }
 
-/// The one SQLite connection that runs the journal's commits (the hot
-/// path), apart from the pool that serves everything else. In WAL mode a
-/// connection drops its whole page cache when another has written since
-/// its last transaction; sqlx hands out idle connections first-in
-/// first-out, so commits alternating between pooled connections found a
-/// cold cache every time and read every page back from the file. A
+/// The one SQLite connection that runs every write, the journal's commits
+/// (the hot path) first among them, apart from the pool that serves the
+/// reads. In WAL mode a connection drops its whole page cache when another
+/// has written since its last transaction; sqlx hands out idle connections
+/// first-in first-out, so commits alternating between pooled connections
+/// found a cold cache every time and read every page back from the file. A
 /// connection of its own keeps the B-tree pages it writes to warm.
 #[derive(Debug, Clone)]
 struct SqliteWriter(SqlitePool);
 
 /// Calls the operation `$op` of the store's backend module (see
-/// `ops.rs`) with its pool and the remaining arguments.
+/// `ops.rs`) with its pool and the remaining arguments. `write` marks an
+/// operation that writes: on SQLite it runs on the [`SqliteWriter`], so
+/// writes queue there rather than in SQLite's busy wait, and none of them
+/// makes the writer drop its page cache.
 macro_rules! dispatch {
     ($store:expr, $op:ident($($arg:expr),*)) => {
         match &$store.backend {
             Backend::Sqlite(pool, _) => ops::sqlite::$op(pool, $($arg),*).await,
+            Backend::Postgres(pool) => ops::postgres::$op(pool, $($arg),*).await,
+        }
+    };
+    ($store:expr, write $op:ident($($arg:expr),*)) => {
+        match &$store.backend {
+            Backend::Sqlite(_, SqliteWriter(writer)) => ops::sqlite::$op(writer, $($arg),*).await,
             Backend::Postgres(pool) => ops::postgres::$op(pool, $($arg),*).await,
         }
     };
@@ -172,12 +180,7 @@ impl Store {
         if records.is_empty() && claims.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.backend {
-            Backend::Sqlite(_, SqliteWriter(writer)) => {
-                ops::sqlite::commit(writer, records, claims).await
-            }
-            Backend::Postgres(pool) => ops::postgres::commit(pool, records, claims).await,
-        }
+        dispatch!(self, write commit(records, claims))
     }
 
     /// Applies changes to the suppression list in one transaction, each
@@ -186,7 +189,7 @@ impl Store {
         &self,
         changes: &[SuppressionChange],
     ) -> Result<Vec<bool>, StoreError> {
-        let changed = dispatch!(self, change_suppressions(changes, None))?;
+        let changed = dispatch!(self, write change_suppressions(changes, None))?;
         Ok(changed.unwrap_or_default())
     }
 
@@ -198,7 +201,7 @@ impl Store {
         changes: &[SuppressionChange],
     ) -> Result<Option<Vec<bool>>, StoreError> {
         let now = now_ms();
-        dispatch!(self, change_suppressions(changes, Some((id, now))))
+        dispatch!(self, write change_suppressions(changes, Some((id, now))))
     }
 
     /// Holds events until their time (one transaction); an event already
@@ -207,7 +210,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        dispatch!(self, schedule(events))
+        dispatch!(self, write schedule(events))
     }
 
     /// Held events due at `now_ms`, earliest first, at most `limit`.
@@ -225,7 +228,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        dispatch!(self, unschedule(events))
+        dispatch!(self, write unschedule(events))
     }
 
     /// GDPR erasure of one user: their messages keep their status, class,
@@ -238,7 +241,7 @@ impl Store {
         if user_id.is_empty() {
             return Ok((0, 0));
         }
-        dispatch!(self, erase_user(user_id))
+        dispatch!(self, write erase_user(user_id))
     }
 
     /// Applies a provider's delivery receipt: the message's delivery status
@@ -246,7 +249,7 @@ impl Store {
     /// failure of an SMS whose event was kept schedules its email fallback
     /// (in the same transaction: the scheduler publishes it), once.
     pub async fn receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, StoreError> {
-        dispatch!(self, receipt(receipt))
+        dispatch!(self, write receipt(receipt))
     }
 
     /// How many events are held.
@@ -269,7 +272,7 @@ impl Store {
     /// message in one of those statuses (`sent` and `suppressed` are never
     /// released).
     pub async fn release(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        dispatch!(self, release(event_id, now_ms))
+        dispatch!(self, write release(event_id, now_ms))
     }
 
     /// One event's record with its attempts, oldest first.
@@ -322,13 +325,13 @@ impl Store {
         batch: u32,
     ) -> Result<u64, StoreError> {
         let batch = batch.max(1);
-        let delivered = dispatch!(self, purge(sql::PURGE_SENT, delivered_before_ms, batch))?;
-        let failed = dispatch!(self, purge(sql::PURGE_FAILED, failed_before_ms, batch))?;
+        let delivered = dispatch!(self, write purge(sql::PURGE_SENT, delivered_before_ms, batch))?;
+        let failed = dispatch!(self, write purge(sql::PURGE_FAILED, failed_before_ms, batch))?;
         // Events kept for a receipt's fallback hold addresses: kept no
         // longer than a receipt can take to come.
         let kept = delivered_before_ms.max(now_ms() - KEEP_FOR_RECEIPT_MS);
-        dispatch!(self, purge(sql::PURGE_FALLBACK, kept, batch))?;
-        dispatch!(self, purge(sql::PURGE_RECEIPT_KEYS, kept, batch))?;
+        dispatch!(self, write purge(sql::PURGE_FALLBACK, kept, batch))?;
+        dispatch!(self, write purge(sql::PURGE_RECEIPT_KEYS, kept, batch))?;
         Ok(delivered + failed)
     }
 }
