@@ -315,11 +315,7 @@ impl Engine {
 
         let controls = Controls::new(config.clone(), rates, registry.clone(), metrics.clone());
         let outstanding = Arc::new(AtomicUsize::new(0));
-        let scheduling = Scheduling {
-            store: store.clone(),
-            clock: clock.clone(),
-            metrics: metrics.clone(),
-        };
+        let scheduling = Scheduling::new(store.clone(), clock.clone(), metrics.clone());
         let ctx = Arc::new(ConsumeContext {
             controls: controls.clone(),
             registry: registry.clone(),
