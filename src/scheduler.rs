@@ -54,6 +54,8 @@ pub struct Scheduling {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     /// The holds waiting for their transaction ([`write_holds`]).
+    /// Unbounded, but each entry holds an unacked delivery, so the
+    /// consumers' prefetch bounds it.
     holds: mpsc::UnboundedSender<(ScheduledEvent, Ticket)>,
 }
 

@@ -48,10 +48,10 @@ pub const DEFAULT_URL: &str = "sqlite://data/herald.db";
 /// How long a SQLite writer waits for another to finish before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite serialises writers, so two pooled connections serve the readers,
-/// beside the one [`SqliteWriter`]. Each keeps its own page cache ([`SQLITE_CACHE_KIB`]):
-/// measured with `herald bench`, caches of 2 MiB beat 512 KiB by ~8 % in
-/// throughput, and 8 MiB for the writer gained nothing measurable for
-/// 7 MB more memory (docs/benchmarks.md).
+/// beside the one [`SqliteWriter`]. Each keeps its own page cache
+/// ([`SQLITE_CACHE_KIB`]): measured with `herald bench`, caches of 2 MiB
+/// beat 512 KiB by ~8 % in throughput, and 8 MiB for the writer gained
+/// nothing measurable for 7 MB more memory (docs/benchmarks.md).
 const SQLITE_MAX_CONNECTIONS: u32 = 2;
 /// SQLite's page cache per connection, in KiB. Smaller, and a batch's
 /// writes spill from the cache mid-transaction and are read back.
