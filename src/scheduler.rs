@@ -8,10 +8,11 @@
 //! that publishes due events back to their class queue (confirmed) and then
 //! deletes them.
 //!
-//! A crash between the publish and the delete publishes the event again on
-//! the next round: the journal's claim makes the second copy a no-op. With
-//! several instances on one PostgreSQL store, each may publish the same due
-//! event once, with the same outcome.
+//! A crash between the publish and the delete publishes the event again
+//! once its lease ends: the journal's claim makes the second copy a no-op.
+//! With several instances on one PostgreSQL store, each round leases the
+//! due events it takes ([`Store::take_due`]), so two instances never
+//! publish the same held event at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub const POLL: Duration = Duration::from_millis(200);
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Most events published per round.
 const BATCH: u32 = 256;
+/// How long due events taken for publishing are kept from other instances
+/// (publishing a round takes well under a second).
+const LEASE_MS: i64 = 30_000;
 /// Most events held in one transaction.
 const HOLD_BATCH: usize = 256;
 /// How long a delivery that could not be held waits before it goes back to
@@ -170,7 +174,7 @@ pub fn spawn(s: Scheduling, publisher: Publisher) -> tokio::task::JoinHandle<()>
 async fn release_due(s: &Scheduling, publisher: &Publisher) -> Result<usize, String> {
     let due = s
         .store
-        .due(s.clock.now_ms(), BATCH)
+        .take_due(s.clock.now_ms(), LEASE_MS, BATCH)
         .await
         .map_err(|e| e.to_string())?;
     let mut published = Vec::with_capacity(due.len());

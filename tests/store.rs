@@ -190,6 +190,7 @@ on_both_backends!(
     a_provider_opt_out_is_listed_with_its_record,
     one_commit_applies_its_records_before_its_claims,
     a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies,
+    a_due_event_is_leased_to_one_scheduler_until_its_lease_ends,
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
@@ -1313,6 +1314,65 @@ async fn a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies(db: &Db)
             .await
             .unwrap(),
         ReceiptOutcome::Unknown
+    );
+}
+
+/// Two herald instances on one store (two `Store`s on one database): a due
+/// event goes to one scheduler until its lease ends (the other instance
+/// gets it then, as after a crash); an event held anew is free at once.
+async fn a_due_event_is_leased_to_one_scheduler_until_its_lease_ends(db: &Db) {
+    const LEASE: i64 = 30_000;
+    let (a, b) = (&db.store, &db.reopen().await);
+    let held = |id: &str, due_at_ms: i64| ScheduledEvent {
+        event_id: id.to_owned(),
+        class: "payment_reminder".to_owned(),
+        user_id: "u1".to_owned(),
+        due_at_ms,
+        reason: "send_at".to_owned(),
+        channel: "sms".to_owned(),
+        attempt: 0,
+        fallback_from: None,
+        priority: 5,
+        published_at_ms: None,
+        body: b"{}".to_vec(),
+        created_at_ms: T0,
+    };
+    a.schedule(&[
+        held("d2", T0 + 2),
+        held("d1", T0 + 1),
+        held("later", T0 + DAY),
+    ])
+    .await
+    .unwrap();
+    let ids = |events: Vec<ScheduledEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.event_id).collect()
+    };
+    // Earliest first; not yet due stays.
+    assert_eq!(
+        ids(a.take_due(T0 + 5, LEASE, 10).await.unwrap()),
+        ["d1", "d2"]
+    );
+    assert!(b.take_due(T0 + 6, LEASE, 10).await.unwrap().is_empty());
+    // Held anew while leased: free at once, with its new time.
+    a.schedule(&[held("d2", T0 + 7)]).await.unwrap();
+    let taken = b.take_due(T0 + 8, LEASE, 10).await.unwrap();
+    assert_eq!(
+        taken
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.due_at_ms))
+            .collect::<Vec<_>>(),
+        [("d2", T0 + 7)]
+    );
+    b.unschedule(&taken).await.unwrap();
+    // `a` died before publishing d1: its lease ends and `b` gets it.
+    assert!(b
+        .take_due(T0 + 5 + LEASE - 1, LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(b.take_due(T0 + 5 + LEASE, LEASE, 10).await.unwrap()),
+        ["d1"]
     );
 }
 

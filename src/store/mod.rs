@@ -213,9 +213,18 @@ impl Store {
         dispatch!(self, write schedule(events))
     }
 
-    /// Held events due at `now_ms`, earliest first, at most `limit`.
-    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<ScheduledEvent>, StoreError> {
-        dispatch!(self, due(now_ms, limit))
+    /// Held events due at `now_ms`, earliest first, at most `limit`, each
+    /// leased to the caller for `lease_ms`: until then no other caller (no
+    /// other herald instance on the store) is given them. The caller
+    /// publishes them and [`unschedule`](Store::unschedule)s them; if it
+    /// dies first, they are given out again when the lease ends.
+    pub async fn take_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ScheduledEvent>, StoreError> {
+        dispatch!(self, write take_due(now_ms, now_ms + lease_ms, limit))
     }
 
     /// One event's held entries (one per class it was published to).

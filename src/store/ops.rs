@@ -331,19 +331,23 @@ macro_rules! backend {
                 Ok(())
             }
 
-            pub(crate) async fn due(
+            pub(crate) async fn take_due(
                 pool: &Pool<$db>,
                 now_ms: i64,
+                until_ms: i64,
                 limit: u32,
             ) -> Result<Vec<ScheduledEvent>, StoreError> {
-                sqlx::query(sql::DUE)
+                let mut due = sqlx::query($dialect.take_due)
                     .bind(now_ms)
+                    .bind(until_ms)
                     .bind(i64::from(limit))
                     .fetch_all(pool)
                     .await?
                     .iter()
                     .map(scheduled_from_row)
-                    .collect()
+                    .collect::<Result<Vec<_>, _>>()?;
+                due.sort_by_key(|e| e.due_at_ms);
+                Ok(due)
             }
 
             pub(crate) async fn scheduled(

@@ -13,6 +13,11 @@ pub(crate) struct Dialect {
     /// `$1` is the addresses as a JSON array. (Addresses of the two
     /// channels never collide: phones start with `+`, emails hold `@`.)
     pub suppressed_among: &'static str,
+    /// Leases the earliest due events not leased to another scheduler:
+    /// `$1` now, `$2` the lease's end, `$3` limit. Returns them (in no
+    /// particular order). PostgreSQL skips rows another transaction is
+    /// leasing, so concurrent schedulers take disjoint sets.
+    pub take_due: &'static str,
     /// The hot path's statements over a whole batch.
     pub bulk: Bulk,
 }
@@ -142,7 +147,7 @@ published_at, body, created_at, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
 ON CONFLICT (event_id, class) DO UPDATE SET due_at = excluded.due_at, reason = excluded.reason, \
 channel = excluded.channel, attempt = excluded.attempt, fallback_from = excluded.fallback_from, \
 priority = excluded.priority, published_at = excluded.published_at, body = excluded.body, \
-created_at = excluded.created_at, user_id = excluded.user_id";
+created_at = excluded.created_at, user_id = excluded.user_id, leased_until = NULL";
 
 /// GDPR erasure, in this order: the provider ids of a user's attempts
 /// (they lead to the provider's copy of the address), then the user's
@@ -153,11 +158,6 @@ UPDATE attempts SET provider_id = NULL WHERE event_id IN (SELECT event_id FROM m
 pub(crate) const ERASE_MESSAGES: &str =
     "UPDATE messages SET user_id = '', provider_id = NULL WHERE user_id = $1";
 pub(crate) const ERASE_SCHEDULED: &str = "DELETE FROM scheduled WHERE user_id = $1";
-
-/// Events due, earliest first. `$1` now, `$2` limit.
-pub(crate) const DUE: &str = "\
-SELECT event_id, class, user_id, due_at, reason, channel, attempt, fallback_from, priority, published_at, \
-body, created_at FROM scheduled WHERE due_at <= $1 ORDER BY due_at LIMIT $2";
 
 /// One event's entries. `$1` event id.
 pub(crate) const SCHEDULED_EVENT: &str = "\
@@ -331,8 +331,55 @@ CAST(value ->> 4 AS BIGINT), ",
     };
 }
 
+/// The columns of a held event, as `scheduled_from_row` reads them.
+macro_rules! scheduled_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "event_id, ",
+            $prefix,
+            "class, ",
+            $prefix,
+            "user_id, ",
+            $prefix,
+            "due_at, ",
+            $prefix,
+            "reason, ",
+            $prefix,
+            "channel, ",
+            $prefix,
+            "attempt, ",
+            $prefix,
+            "fallback_from, ",
+            $prefix,
+            "priority, ",
+            $prefix,
+            "published_at, ",
+            $prefix,
+            "body, ",
+            $prefix,
+            "created_at"
+        )
+    };
+}
+
+/// Which held events are due and free: `$1` now, `$3` limit.
+macro_rules! free_due {
+    () => {
+        "SELECT event_id, class FROM scheduled WHERE due_at <= $1 \
+AND (leased_until IS NULL OR leased_until <= $1) ORDER BY due_at LIMIT $3"
+    };
+}
+
 pub(crate) const SQLITE: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1",
+    // SQLite has one writer at a time: the UPDATE is the lease.
+    take_due: concat!(
+        "UPDATE scheduled SET leased_until = $2 WHERE (event_id, class) IN (",
+        free_due!(),
+        ") RETURNING ",
+        scheduled_columns!("")
+    ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT value FROM json_each($1))",
     bulk: bulk!("json_each($1)", "unhex(value ->> 5)"),
@@ -340,6 +387,12 @@ WHERE address IN (SELECT value FROM json_each($1))",
 
 pub(crate) const POSTGRES: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
+    take_due: concat!(
+        "UPDATE scheduled AS s SET leased_until = $2 FROM (",
+        free_due!(),
+        " FOR UPDATE SKIP LOCKED) AS d WHERE s.event_id = d.event_id AND s.class = d.class RETURNING ",
+        scheduled_columns!("s.")
+    ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
     bulk: bulk!(
