@@ -234,6 +234,24 @@ fn record(
     }
 }
 
+/// An SMS of user `u1` held until `due_at_ms` (`send_at`).
+fn held(event_id: &str, due_at_ms: i64) -> ScheduledEvent {
+    ScheduledEvent {
+        event_id: event_id.to_owned(),
+        class: "payment_reminder".to_owned(),
+        user_id: "u1".to_owned(),
+        due_at_ms,
+        reason: "send_at".to_owned(),
+        channel: "sms".to_owned(),
+        attempt: 0,
+        fallback_from: None,
+        priority: 5,
+        published_at_ms: None,
+        body: b"{}".to_vec(),
+        created_at_ms: T0,
+    }
+}
+
 fn sent(provider_id: &str, cost_usd: f64, segments: u32) -> Outcome {
     Outcome::Sent {
         provider_id: Some(provider_id.to_owned()),
@@ -1323,20 +1341,6 @@ async fn a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies(db: &Db)
 async fn a_due_event_is_leased_to_one_scheduler_until_its_lease_ends(db: &Db) {
     const LEASE: i64 = 30_000;
     let (a, b) = (&db.store, &db.reopen().await);
-    let held = |id: &str, due_at_ms: i64| ScheduledEvent {
-        event_id: id.to_owned(),
-        class: "payment_reminder".to_owned(),
-        user_id: "u1".to_owned(),
-        due_at_ms,
-        reason: "send_at".to_owned(),
-        channel: "sms".to_owned(),
-        attempt: 0,
-        fallback_from: None,
-        priority: 5,
-        published_at_ms: None,
-        body: b"{}".to_vec(),
-        created_at_ms: T0,
-    };
     a.schedule(&[
         held("d2", T0 + 2),
         held("d1", T0 + 1),
@@ -1468,21 +1472,7 @@ async fn erasing_a_user_keeps_anonymous_counts_only(db: &Db) {
         ])
         .await
         .unwrap();
-    let held = ScheduledEvent {
-        event_id: "g3".to_owned(),
-        class: "payment_reminder".to_owned(),
-        user_id: "u1".to_owned(),
-        due_at_ms: T0 + DAY,
-        reason: "send_at".to_owned(),
-        channel: "sms".to_owned(),
-        attempt: 0,
-        fallback_from: None,
-        priority: 5,
-        published_at_ms: None,
-        body: b"{}".to_vec(),
-        created_at_ms: T0,
-    };
-    store.schedule(&[held]).await.unwrap();
+    store.schedule(&[held("g3", T0 + DAY)]).await.unwrap();
     assert_eq!(store.erase_user("u1").await.unwrap(), (1, 1));
     let v = view(store, "g1").await;
     assert_eq!((v.user_id.as_str(), v.provider_id.as_deref()), ("", None));
