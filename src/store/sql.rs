@@ -159,10 +159,20 @@ pub(crate) const ERASE_MESSAGES: &str =
     "UPDATE messages SET user_id = '', provider_id = NULL WHERE user_id = $1";
 pub(crate) const ERASE_SCHEDULED: &str = "DELETE FROM scheduled WHERE user_id = $1";
 
+/// The columns of a held event, as `scheduled_from_row` reads them.
+macro_rules! scheduled_columns {
+    () => {
+        "event_id, class, user_id, due_at, reason, channel, attempt, fallback_from, priority, \
+published_at, body, created_at"
+    };
+}
+
 /// One event's entries. `$1` event id.
-pub(crate) const SCHEDULED_EVENT: &str = "\
-SELECT event_id, class, user_id, due_at, reason, channel, attempt, fallback_from, priority, published_at, \
-body, created_at FROM scheduled WHERE event_id = $1 ORDER BY class";
+pub(crate) const SCHEDULED_EVENT: &str = concat!(
+    "SELECT ",
+    scheduled_columns!(),
+    " FROM scheduled WHERE event_id = $1 ORDER BY class"
+);
 
 /// Removes an entry published again, unless it was held anew meanwhile.
 /// `$1` event id, `$2` class, `$3` due at.
@@ -331,42 +341,12 @@ CAST(value ->> 4 AS BIGINT), ",
     };
 }
 
-/// The columns of a held event, as `scheduled_from_row` reads them.
-macro_rules! scheduled_columns {
-    ($prefix:literal) => {
-        concat!(
-            $prefix,
-            "event_id, ",
-            $prefix,
-            "class, ",
-            $prefix,
-            "user_id, ",
-            $prefix,
-            "due_at, ",
-            $prefix,
-            "reason, ",
-            $prefix,
-            "channel, ",
-            $prefix,
-            "attempt, ",
-            $prefix,
-            "fallback_from, ",
-            $prefix,
-            "priority, ",
-            $prefix,
-            "published_at, ",
-            $prefix,
-            "body, ",
-            $prefix,
-            "created_at"
-        )
-    };
-}
-
-/// Which held events are due and free: `$1` now, `$3` limit.
+/// The keys of the held events due and free: `$1` now, `$3` limit. (The
+/// keys are renamed so the lease's `RETURNING` names the table's columns
+/// unqualified.)
 macro_rules! free_due {
     () => {
-        "SELECT event_id, class FROM scheduled WHERE due_at <= $1 \
+        "SELECT event_id AS due_id, class AS due_class FROM scheduled WHERE due_at <= $1 \
 AND (leased_until IS NULL OR leased_until <= $1) ORDER BY due_at LIMIT $3"
     };
 }
@@ -378,7 +358,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "UPDATE scheduled SET leased_until = $2 WHERE (event_id, class) IN (",
         free_due!(),
         ") RETURNING ",
-        scheduled_columns!("")
+        scheduled_columns!()
     ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT value FROM json_each($1))",
@@ -388,10 +368,10 @@ WHERE address IN (SELECT value FROM json_each($1))",
 pub(crate) const POSTGRES: Dialect = Dialect {
     select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
     take_due: concat!(
-        "UPDATE scheduled AS s SET leased_until = $2 FROM (",
+        "UPDATE scheduled SET leased_until = $2 FROM (",
         free_due!(),
-        " FOR UPDATE SKIP LOCKED) AS d WHERE s.event_id = d.event_id AND s.class = d.class RETURNING ",
-        scheduled_columns!("s.")
+        " FOR UPDATE SKIP LOCKED) AS d WHERE event_id = due_id AND class = due_class RETURNING ",
+        scheduled_columns!()
     ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
