@@ -679,12 +679,12 @@ macro_rules! backend {
                 for change in records.iter().filter_map(|r| r.opt_out.as_ref()) {
                     change_suppression(tx, change).await?;
                 }
-                let keyed: Vec<&Record> = records
+                let keyed: Vec<(&str, &Record)> = records
                     .iter()
-                    .filter(|r| r.receipt_key().is_some())
+                    .filter_map(|r| Some((r.receipt_key()?, r)))
                     .collect();
-                bulk(tx, $dialect.bulk.receipt_keys, &keyed, |r| {
-                    (r.receipt_key(), &r.event_id, r.now_ms)
+                bulk(tx, $dialect.bulk.receipt_keys, &keyed, |(key, r)| {
+                    (key, &r.event_id, r.now_ms)
                 })
                 .await?;
                 let kept: Vec<(&Record, &KeptEvent)> = records
