@@ -47,6 +47,10 @@ pub enum StoreError {
     /// A statement failed; the transaction it belonged to was rolled back.
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A statement on the SQLite writer's handle failed; its transaction
+    /// was rolled back.
+    #[error("store query failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A stored value herald does not know (a newer schema, or a hand edit).
     #[error("unexpected value {value:?} in {column}")]
     Unexpected {
@@ -65,7 +69,7 @@ impl StoreError {
             StoreError::CreateDir { .. } => "io",
             StoreError::Connect { .. } => "connect",
             StoreError::Migrate { .. } => "migrate",
-            StoreError::Query(_) => "query",
+            StoreError::Query(_) | StoreError::Sqlite(_) => "query",
             StoreError::Unexpected { .. } => "data",
         }
     }

@@ -12,16 +12,24 @@
 //!
 //! # Layout
 //! - `model.rs`: claims, records, statuses and the views.
-//! - `ops.rs`: the operations, compiled once per backend.
+//! - `commit.rs`: the hot path (the journal's commit) and suppression
+//!   changes, written once over `exec.rs`'s statement interface.
+//! - `exec.rs`: that interface: sqlx on PostgreSQL, rusqlite on the SQLite
+//!   writer's handle.
+//! - `ops.rs`: the other operations, compiled once per backend.
 //! - `sql.rs`: every statement's text.
 //! - `error.rs`: [`StoreError`].
 
+mod commit;
 mod error;
+mod exec;
 mod model;
 mod ops;
 mod sql;
 
 use std::str::FromStr;
+
+use futures_util::FutureExt;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -88,6 +96,35 @@ enum Backend {
 /// connection of its own keeps the B-tree pages it writes to warm.
 #[derive(Debug, Clone)]
 struct SqliteWriter(SqlitePool);
+
+impl SqliteWriter {
+    /// Runs `work` in one transaction on the writer's own handle, through
+    /// rusqlite, with sqlx's worker thread locked out until it ends: one
+    /// hand-off to that thread and back, however many statements `work`
+    /// runs (see `exec.rs`). Commits if `work` returns `Ok`, else rolls
+    /// back.
+    async fn transaction<T>(
+        &self,
+        work: impl for<'c> AsyncFnOnce(&mut exec::LiteExec<'c>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.0.acquire().await?;
+        let mut handle = conn.lock_handle().await?;
+        // SAFETY: the handle is locked for this scope: sqlx's worker thread
+        // waits on the lock and makes no call on it until `handle` drops,
+        // after `lite` (which does not close the handle, and finalises its
+        // statements when dropped) is gone.
+        let mut lite =
+            unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr())? };
+        let tx = lite.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Every statement of `LiteExec` completes at once, so the work is
+        // done on its first poll.
+        let out = work(&mut exec::LiteExec(&tx))
+            .now_or_never()
+            .expect("LiteExec never waits")?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
 
 /// Calls the operation `$op` of the store's backend module (see
 /// `ops.rs`) with its pool and the remaining arguments. `write` marks an
@@ -180,7 +217,19 @@ impl Store {
         if records.is_empty() && claims.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self, write commit(records, claims))
+        match &self.backend {
+            Backend::Sqlite(_, writer) => {
+                writer
+                    .transaction(async |db| commit::commit(db, &sql::SQLITE, records, claims).await)
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                let mut db = exec::PgExec(pool.begin().await?);
+                let outcomes = commit::commit(&mut db, &sql::POSTGRES, records, claims).await?;
+                db.0.commit().await?;
+                Ok(outcomes)
+            }
+        }
     }
 
     /// Applies changes to the suppression list in one transaction, each
@@ -189,7 +238,7 @@ impl Store {
         &self,
         changes: &[SuppressionChange],
     ) -> Result<Vec<bool>, StoreError> {
-        let changed = dispatch!(self, write change_suppressions(changes, None))?;
+        let changed = self.change_suppressions_in(changes, None).await?;
         Ok(changed.unwrap_or_default())
     }
 
@@ -200,8 +249,30 @@ impl Store {
         id: &str,
         changes: &[SuppressionChange],
     ) -> Result<Option<Vec<bool>>, StoreError> {
-        let now = now_ms();
-        dispatch!(self, write change_suppressions(changes, Some((id, now))))
+        self.change_suppressions_in(changes, Some((id, now_ms())))
+            .await
+    }
+
+    async fn change_suppressions_in(
+        &self,
+        changes: &[SuppressionChange],
+        webhook_id: Option<(&str, i64)>,
+    ) -> Result<Option<Vec<bool>>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_, writer) => {
+                writer
+                    .transaction(async |db| {
+                        commit::change_suppressions(db, changes, webhook_id).await
+                    })
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                let mut db = exec::PgExec(pool.begin().await?);
+                let changed = commit::change_suppressions(&mut db, changes, webhook_id).await?;
+                db.0.commit().await?;
+                Ok(changed)
+            }
+        }
     }
 
     /// Holds events until their time (one transaction); an event already
@@ -376,6 +447,10 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<(SqlitePool, SqliteWriter
     let kept = || {
         SqlitePoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A ping before each commit was a second hand-off to sqlx's
+            // worker thread; a broken connection fails the commit anyway,
+            // and the journal tries the batch again.
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)

@@ -1,0 +1,545 @@
+//! The hot path, written once over [`Exec`]: the journal's commit (a batch
+//! of outcome records, then a batch of claims) and changes to the
+//! suppression list, which records also make.
+//!
+//! The commit writes with set statements (`sql::Bulk`): the first
+//! occurrence of each event in the batch goes in one statement per step,
+//! the rows as one JSON parameter; what those do not settle (events already
+//! stored, an event repeated in the batch) falls to the per-event path, in
+//! batch order, so a later entry sees an earlier one's effect.
+
+use std::collections::HashSet;
+
+use super::exec::{args, Exec};
+use super::model::{
+    Claim, ClaimOutcome, FrequencyCap, KeptEvent, Outcome, Record, Status, SuppressionAction,
+    SuppressionChange,
+};
+use super::sql::{self, Dialect};
+use super::{parse_status, StoreError};
+
+/// The values a record writes, derived once from its outcome.
+pub(crate) struct Written<'a> {
+    /// The message status it moves to.
+    pub status: Status,
+    /// Provider id, for a sent record.
+    pub provider_id: Option<&'a str>,
+    /// Cost, for a sent record (`None` marks every other outcome).
+    pub cost_usd: Option<f64>,
+    /// Segments, for a sent record.
+    pub segments: i64,
+    /// Set for the statuses that end a message's life (or pause it, for
+    /// `outcome_unknown`): what retention counts from.
+    pub finished_at: Option<i64>,
+}
+
+impl<'a> Written<'a> {
+    pub(crate) fn of(record: &'a Record) -> Written<'a> {
+        let status = record.outcome.status();
+        let (provider_id, cost_usd, segments) = match &record.outcome {
+            Outcome::Sent {
+                provider_id,
+                cost_usd,
+                segments,
+            } => (
+                provider_id.as_deref(),
+                Some(*cost_usd),
+                i64::from(*segments),
+            ),
+            _ => (None, None, 0),
+        };
+        let finished_at = matches!(
+            status,
+            Status::Sent | Status::DeadLettered | Status::Suppressed | Status::OutcomeUnknown
+        )
+        .then_some(record.now_ms);
+        Written {
+            status,
+            provider_id,
+            cost_usd,
+            segments,
+            finished_at,
+        }
+    }
+}
+
+impl Record {
+    /// The provider id that receipts for this record's send will name, if
+    /// they are to find it (an accepted send of a class that tracks them).
+    pub(crate) fn receipt_key(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Sent {
+                provider_id: Some(id),
+                ..
+            } if self.track_receipts => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The error recorded on an attempt found open by a later claim.
+pub(crate) const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
+
+/// Records, then claims, in the caller's transaction.
+pub(crate) async fn commit(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    records: &[Record],
+    claims: &[Claim],
+) -> Result<Vec<ClaimOutcome>, StoreError> {
+    if !records.is_empty() {
+        record_in(db, dialect, records).await?;
+    }
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    claim_in(db, dialect, claims).await
+}
+
+async fn claim_in(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claims: &[Claim],
+) -> Result<Vec<ClaimOutcome>, StoreError> {
+    let suppressed = suppressed_among(db, dialect, claims).await?;
+    let is_suppressed = |c: &Claim| {
+        !suppressed.is_empty()
+            && c.address
+                .as_deref()
+                .is_some_and(|a| suppressed.contains(&(a.to_owned(), c.channel)))
+    };
+    let mut seen = HashSet::with_capacity(claims.len());
+    let mut firsts: Vec<&Claim> = claims
+        .iter()
+        .filter(|c| !is_suppressed(c) && c.cap.is_none() && seen.insert(c.event_id.as_str()))
+        .collect();
+    // One lock order for every writer (PostgreSQL row locks).
+    firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    let mut fresh = insert_new(db, dialect, &firsts).await?;
+    let opened: Vec<&Claim> = firsts
+        .into_iter()
+        .filter(|c| fresh.contains(c.event_id.as_str()))
+        .collect();
+    open_attempts(db, dialect, &opened, 1).await?;
+    let mut outcomes = Vec::with_capacity(claims.len());
+    for claim in claims {
+        // Only an event's first claim in the batch can be in `fresh`;
+        // removing it sends the next one the long way.
+        if is_suppressed(claim) {
+            let done = final_outcome(db, claim).await?;
+            outcomes.push(done.unwrap_or(ClaimOutcome::Suppressed));
+        } else if let Some(cap) = claim.cap {
+            outcomes.push(claim_capped(db, dialect, claim, cap).await?);
+        } else if fresh.remove(claim.event_id.as_str()) {
+            outcomes.push(ClaimOutcome::Send {
+                previous_unknown: false,
+            });
+        } else {
+            outcomes.push(claim_one(db, dialect, claim).await?);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The (address, channel) pairs of the batch that are on the suppression
+/// list.
+async fn suppressed_among(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claims: &[Claim],
+) -> Result<HashSet<(String, &'static str)>, StoreError> {
+    let addresses: HashSet<&str> = claims.iter().filter_map(|c| c.address.as_deref()).collect();
+    let mut found = HashSet::new();
+    if addresses.is_empty() {
+        return Ok(found);
+    }
+    // One statement per batch, whatever its size.
+    let list = serde_json::to_string(&addresses).expect("strings serialise");
+    for row in db.rows(dialect.suppressed_among, args![&list]).await? {
+        let mut row = row.into_iter();
+        let address = row.next().and_then(|v| v.into_text()).unwrap_or_default();
+        let channel = match row.next().and_then(|v| v.into_text()).as_deref() {
+            Some("sms") => "sms",
+            _ => "email",
+        };
+        found.insert((address, channel));
+    }
+    Ok(found)
+}
+
+/// A claim of a class with a frequency cap, in batch order: the count sees
+/// every earlier claim of the batch.
+async fn claim_capped(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claim: &Claim,
+    cap: FrequencyCap,
+) -> Result<ClaimOutcome, StoreError> {
+    if let Some(done) = final_outcome(db, claim).await? {
+        return Ok(done);
+    }
+    let args = args![&claim.user_id, &claim.class, cap.since_ms, &claim.event_id];
+    let n = first(db.rows(sql::CAP_COUNT, args).await?).map_or(0, |v| v.int());
+    if n >= i64::from(cap.max) {
+        return Ok(ClaimOutcome::Capped);
+    }
+    claim_one(db, dialect, claim).await
+}
+
+/// The first column of the first row.
+fn first(rows: Vec<Vec<super::exec::Val>>) -> Option<super::exec::Val> {
+    rows.into_iter().next()?.into_iter().next()
+}
+
+/// What any claim of an event that already ended is answered (`None` if it
+/// has not ended).
+async fn final_outcome(
+    db: &mut impl Exec,
+    claim: &Claim,
+) -> Result<Option<ClaimOutcome>, StoreError> {
+    let status = first(db.rows(sql::SELECT_STATUS, args![&claim.event_id]).await?)
+        .and_then(|v| v.into_text())
+        .map(parse_status)
+        .transpose()?;
+    Ok(match status {
+        Some(Status::Sent) => Some(ClaimOutcome::AlreadySent { provider_id: None }),
+        Some(status) if status.is_final() => Some(ClaimOutcome::AlreadyFinal { status }),
+        _ => None,
+    })
+}
+
+/// Applies suppression changes, each audited if it changed the list;
+/// returns which did. With `webhook_id`, the changes apply only if that
+/// webhook delivery was not processed before (`None` if it was).
+pub(crate) async fn change_suppressions(
+    db: &mut impl Exec,
+    changes: &[SuppressionChange],
+    webhook_id: Option<(&str, i64)>,
+) -> Result<Option<Vec<bool>>, StoreError> {
+    if let Some((id, now_ms)) = webhook_id {
+        if db.run(sql::WEBHOOK_RECEIPT, args![id, now_ms]).await? == 0 {
+            return Ok(None);
+        }
+    }
+    let mut changed = Vec::with_capacity(changes.len());
+    for change in changes {
+        changed.push(change_suppression(db, change).await?);
+    }
+    Ok(Some(changed))
+}
+
+async fn change_suppression(db: &mut impl Exec, c: &SuppressionChange) -> Result<bool, StoreError> {
+    let (address, channel, source, reason) = (
+        c.address.as_str(),
+        c.channel,
+        c.source.as_str(),
+        c.reason.as_deref(),
+    );
+    let n = match c.action {
+        SuppressionAction::Suppress => {
+            let args = args![address, channel, source, reason, c.now_ms];
+            db.run(sql::SUPPRESS, args).await?
+        }
+        SuppressionAction::Allow => db.run(sql::ALLOW, args![address, channel]).await?,
+    };
+    if n > 0 {
+        let (action, actor) = (c.action.as_str(), c.actor.as_str());
+        let args = args![address, channel, action, actor, source, reason, c.now_ms];
+        db.run(sql::AUDIT, args).await?;
+    }
+    Ok(n > 0)
+}
+
+/// Runs one of the dialect's bulk statements over `items`, each made a row
+/// by `row` (the rows go as one JSON array); returns the first column of
+/// each row the statement returns. No items, no statement.
+async fn bulk<'a, T, R: serde::Serialize>(
+    db: &mut impl Exec,
+    text: &'static str,
+    items: &'a [T],
+    row: impl Fn(&'a T) -> R,
+) -> Result<Vec<String>, StoreError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<R> = items.iter().map(row).collect();
+    let json = serde_json::to_string(&rows).expect("rows serialise");
+    Ok(db
+        .rows(text, args![&json])
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next()?.into_text())
+        .collect())
+}
+
+/// Inserts the messages of events not yet stored; returns their ids.
+async fn insert_new<'c>(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claims: &[&'c Claim],
+) -> Result<HashSet<&'c str>, StoreError> {
+    let inserted: HashSet<String> = bulk(db, dialect.bulk.claim_insert, claims, |c| {
+        let Claim {
+            event_id,
+            class,
+            user_id,
+            ..
+        } = c;
+        (
+            event_id,
+            class,
+            user_id,
+            c.channel,
+            c.fallback_from,
+            c.now_ms,
+        )
+    })
+    .await?
+    .into_iter()
+    .collect();
+    Ok(claims
+        .iter()
+        .map(|c| c.event_id.as_str())
+        .filter(|id| inserted.contains(*id))
+        .collect())
+}
+
+/// Opens one attempt per claim, each its event's attempt `seq`.
+async fn open_attempts(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claims: &[&Claim],
+    seq: i64,
+) -> Result<(), StoreError> {
+    bulk(db, dialect.bulk.insert_attempts, claims, |c| {
+        (&c.event_id, seq, c.attempt, c.channel, c.now_ms)
+    })
+    .await?;
+    Ok(())
+}
+
+/// One claim the bulk insert did not settle.
+async fn claim_one(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claim: &Claim,
+) -> Result<ClaimOutcome, StoreError> {
+    let existing = db
+        .rows(dialect.select_for_claim, args![&claim.event_id])
+        .await?
+        .into_iter()
+        .next();
+    let Some(row) = existing else {
+        // Deleted by retention since the bulk insert: new again.
+        let args = args![
+            &claim.event_id,
+            &claim.class,
+            &claim.user_id,
+            claim.channel,
+            claim.fallback_from,
+            claim.now_ms,
+        ];
+        db.run(sql::CLAIM_INSERT_MESSAGE, args).await?;
+        open_attempts(db, dialect, &[claim], 1).await?;
+        return Ok(ClaimOutcome::Send {
+            previous_unknown: false,
+        });
+    };
+    // `select_for_claim` reads status, provider_id.
+    let mut row = row.into_iter();
+    let status = parse_status(row.next().and_then(|v| v.into_text()).unwrap_or_default())?;
+    match status {
+        Status::Sent => Ok(ClaimOutcome::AlreadySent {
+            provider_id: row.next().and_then(|v| v.into_text()),
+        }),
+        Status::DeadLettered | Status::Suppressed => Ok(ClaimOutcome::AlreadyFinal { status }),
+        Status::Sending | Status::Retrying | Status::Fallback | Status::OutcomeUnknown => {
+            let args = args![&claim.event_id, claim.now_ms, UNFINISHED_ERROR];
+            let unfinished = db.run(sql::CLOSE_OPEN_ATTEMPTS, args).await?;
+            let args = args![
+                &claim.event_id,
+                claim.channel,
+                claim.fallback_from,
+                claim.now_ms,
+                &claim.class,
+                &claim.user_id,
+            ];
+            let seq = first(db.rows(sql::RECLAIM_MESSAGE, args).await?).map_or(0, |v| v.int());
+            open_attempts(db, dialect, &[claim], seq).await?;
+            Ok(ClaimOutcome::Send {
+                previous_unknown: unfinished > 0,
+            })
+        }
+    }
+}
+
+async fn record_in(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    records: &[Record],
+) -> Result<(), StoreError> {
+    let mut seen = HashSet::with_capacity(records.len());
+    let (mut firsts, later): (Vec<&Record>, Vec<&Record>) = records
+        .iter()
+        .partition(|r| seen.insert(r.event_id.as_str()));
+    firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    close_attempts(db, dialect, &firsts).await?;
+    let (sent, other): (Vec<&Record>, Vec<&Record>) = firsts
+        .iter()
+        .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
+    let mut moved = HashSet::with_capacity(firsts.len());
+    move_sent(db, dialect, &sent, &mut moved).await?;
+    move_other(db, dialect, &other, &mut moved).await?;
+    for record in firsts {
+        if !moved.contains(record.event_id.as_str()) {
+            insert_recorded(db, record).await?;
+        }
+    }
+    for record in later {
+        record_one(db, dialect, record).await?;
+    }
+    for change in records.iter().filter_map(|r| r.opt_out.as_ref()) {
+        change_suppression(db, change).await?;
+    }
+    let keyed: Vec<(&str, &Record)> = records
+        .iter()
+        .filter_map(|r| Some((r.receipt_key()?, r)))
+        .collect();
+    bulk(db, dialect.bulk.receipt_keys, &keyed, |(key, r)| {
+        (key, &r.event_id, r.now_ms)
+    })
+    .await?;
+    let kept: Vec<(&Record, &KeptEvent)> = records
+        .iter()
+        .filter_map(|r| Some((r, r.keep_for_fallback.as_ref()?)))
+        .collect();
+    bulk(db, dialect.bulk.keep_fallback, &kept, |(r, k)| {
+        (
+            &r.event_id,
+            &r.class,
+            &r.user_id,
+            k.priority,
+            k.published_at_ms,
+            hex::encode(&k.body),
+            r.now_ms,
+        )
+    })
+    .await?;
+    Ok(())
+}
+
+/// Closes the open attempt each record names (one per event).
+async fn close_attempts(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    records: &[&Record],
+) -> Result<(), StoreError> {
+    bulk(db, dialect.bulk.close_attempts, records, |r| {
+        let w = Written::of(r);
+        (
+            &r.event_id,
+            r.channel,
+            r.attempt,
+            r.now_ms,
+            r.outcome.attempt_outcome(),
+            r.outcome.error(),
+            w.provider_id,
+            w.cost_usd,
+        )
+    })
+    .await?;
+    Ok(())
+}
+
+/// Moves messages to `sent`; adds the ids moved to `moved`.
+async fn move_sent(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    records: &[&Record],
+    moved: &mut HashSet<String>,
+) -> Result<(), StoreError> {
+    let ids = bulk(db, dialect.bulk.record_sent, records, |r| {
+        let w = Written::of(r);
+        let cost = w.cost_usd.unwrap_or(0.0);
+        (
+            &r.event_id,
+            r.channel,
+            w.provider_id,
+            cost,
+            w.segments,
+            r.now_ms,
+        )
+    })
+    .await?;
+    moved.extend(ids);
+    Ok(())
+}
+
+/// Moves messages to every other outcome's status; adds the ids moved to
+/// `moved`.
+async fn move_other(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    records: &[&Record],
+    moved: &mut HashSet<String>,
+) -> Result<(), StoreError> {
+    let ids = bulk(db, dialect.bulk.record_other, records, |r| {
+        let w = Written::of(r);
+        let (reason, error) = (r.outcome.reason(), r.outcome.error());
+        let status = w.status.as_str();
+        (
+            &r.event_id,
+            r.channel,
+            status,
+            reason,
+            error,
+            w.finished_at,
+            r.now_ms,
+        )
+    })
+    .await?;
+    moved.extend(ids);
+    Ok(())
+}
+
+/// One record the bulk statements did not settle: the same three steps,
+/// for one event.
+async fn record_one(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    record: &Record,
+) -> Result<(), StoreError> {
+    close_attempts(db, dialect, &[record]).await?;
+    let mut moved = HashSet::new();
+    if matches!(record.outcome, Outcome::Sent { .. }) {
+        move_sent(db, dialect, &[record], &mut moved).await?;
+    } else {
+        move_other(db, dialect, &[record], &mut moved).await?;
+    }
+    if moved.is_empty() {
+        insert_recorded(db, record).await?;
+    }
+    Ok(())
+}
+
+/// Creates the message of an event never claimed; does nothing if it
+/// exists (in a status the record may not move).
+async fn insert_recorded(db: &mut impl Exec, record: &Record) -> Result<(), StoreError> {
+    let w = Written::of(record);
+    let args = args![
+        &record.event_id,
+        &record.class,
+        &record.user_id,
+        record.channel,
+        w.status.as_str(),
+        w.provider_id,
+        w.cost_usd.unwrap_or(0.0),
+        w.segments,
+        record.outcome.reason(),
+        record.outcome.error(),
+        record.now_ms,
+        w.finished_at,
+    ];
+    db.run(sql::INSERT_RECORDED, args).await?;
+    Ok(())
+}
