@@ -104,6 +104,8 @@ pub struct SentMessage {
     pub body: String,
     /// The id the fake answered with (`SM…` or a UUID).
     pub id: String,
+    /// When its request arrived (before any latency the fake adds).
+    pub received_at: SystemTime,
 }
 
 /// What a fake answers one request with.
@@ -233,11 +235,11 @@ impl Shared {
         lock(&self.behaviour).record_requests = on;
     }
 
-    fn record(&self, req: &HttpRequest, body: &[u8]) {
+    fn record(&self, req: &HttpRequest, body: &[u8], received_at: SystemTime) {
         if !lock(&self.behaviour).record_requests {
             return;
         }
-        let recorded = record_request(req, body);
+        let recorded = record_request(req, body, received_at);
         lock(&self.requests).push(recorded);
     }
 
@@ -268,7 +270,7 @@ impl Shared {
 }
 
 /// Builds the ledger entry for one request.
-fn record_request(req: &HttpRequest, body: &[u8]) -> RecordedRequest {
+fn record_request(req: &HttpRequest, body: &[u8], received_at: SystemTime) -> RecordedRequest {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -300,7 +302,7 @@ fn record_request(req: &HttpRequest, body: &[u8]) -> RecordedRequest {
         path: req.path().to_owned(),
         headers,
         body,
-        received_at: SystemTime::now(),
+        received_at,
     }
 }
 

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -92,7 +93,8 @@ async fn handle(
     shared: web::Data<Shared>,
     state: web::Data<ResendState>,
 ) -> HttpResponse {
-    shared.record(&req, &body);
+    let received_at = SystemTime::now();
+    shared.record(&req, &body, received_at);
 
     if req.path().trim_end_matches('/') != "/emails" {
         return error_response(404, "not_found", "The requested endpoint does not exist.");
@@ -223,6 +225,7 @@ async fn handle(
                 subject: Some(email.subject),
                 body: email.body,
                 id: id.clone(),
+                received_at,
             });
             HttpResponse::Ok().json(json!({ "id": id }))
         }

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -105,7 +106,8 @@ async fn handle(
     shared: web::Data<Shared>,
     state: web::Data<TwilioState>,
 ) -> HttpResponse {
-    shared.record(&req, &body);
+    let received_at = SystemTime::now();
+    shared.record(&req, &body, received_at);
 
     let auth_ok = req
         .headers()
@@ -170,9 +172,9 @@ async fn handle(
     }
 
     match response {
-        FakeResponse::Ok => accept(&shared, &state, to, from, text),
+        FakeResponse::Ok => accept(&shared, &state, to, from, text, received_at),
         FakeResponse::Status(s) if (200..300).contains(&s) => {
-            accept(&shared, &state, to, from, text)
+            accept(&shared, &state, to, from, text, received_at)
         }
         FakeResponse::TwilioError { status, code } => {
             error_response(status, code, &message_for(code, to), None)
@@ -190,7 +192,14 @@ async fn handle(
 }
 
 /// 201 and the Message resource, as Twilio answers a create.
-fn accept(shared: &Shared, state: &TwilioState, to: &str, from: &str, text: &str) -> HttpResponse {
+fn accept(
+    shared: &Shared,
+    state: &TwilioState,
+    to: &str,
+    from: &str,
+    text: &str,
+    received_at: SystemTime,
+) -> HttpResponse {
     let sid = twilio_message_sid();
     let now = chrono::Utc::now().to_rfc2822();
     let account = &state.account_sid;
@@ -224,6 +233,7 @@ fn accept(shared: &Shared, state: &TwilioState, to: &str, from: &str, text: &str
         subject: None,
         body: text.to_owned(),
         id: sid,
+        received_at,
     });
     HttpResponse::Created().json(body)
 }
