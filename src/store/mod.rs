@@ -28,6 +28,7 @@ mod ops;
 mod sql;
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
 use std::time::Duration;
@@ -94,11 +95,48 @@ enum Backend {
 /// first-in first-out, so commits alternating between pooled connections
 /// found a cold cache every time and read every page back from the file. A
 /// connection of its own keeps the B-tree pages it writes to warm.
+///
+/// The journal's commits run on the same connection through rusqlite
+/// ([`SqliteWriter::transaction`]), whose prepared statements are kept
+/// between commits: preparing the hot path's statements anew took more
+/// time than running them for a batch of a few rows.
 #[derive(Debug, Clone)]
-struct SqliteWriter(SqlitePool);
+struct SqliteWriter(Arc<Writer>);
+
+/// The writer's connection and rusqlite's view of it. The fields drop in
+/// this order: the kept statements are finalised before the last pool
+/// handle closes the connection (sqlx cannot close a connection that
+/// still has statements).
+#[derive(Debug)]
+struct Writer {
+    /// rusqlite's view of the connection's handle, made on the first
+    /// commit and kept with its statement cache; used only while the
+    /// handle is locked out of sqlx's worker thread.
+    lite: Mutex<Option<Lite>>,
+    pool: SqlitePool,
+}
+
+#[derive(Debug)]
+struct Lite {
+    /// The raw handle it wraps: a different one (sqlx reconnected) means a
+    /// new wrapper.
+    handle: usize,
+    conn: rusqlite::Connection,
+}
 
 impl SqliteWriter {
-    /// Runs `work` in one transaction on the writer's own handle, through
+    fn new(pool: SqlitePool) -> SqliteWriter {
+        SqliteWriter(Arc::new(Writer {
+            lite: Mutex::new(None),
+            pool,
+        }))
+    }
+
+    fn pool(&self) -> &SqlitePool {
+        &self.0.pool
+    }
+
+    /// Runs `work` in one transaction on the writer's handle, through
     /// rusqlite, with sqlx's worker thread locked out until it ends: one
     /// hand-off to that thread and back, however many statements `work`
     /// runs (see `exec.rs`). Commits if `work` returns `Ok`, else rolls
@@ -107,14 +145,23 @@ impl SqliteWriter {
         &self,
         work: impl for<'c> AsyncFnOnce(&mut exec::LiteExec<'c>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.0.acquire().await?;
+        let mut conn = self.pool().acquire().await?;
         let mut handle = conn.lock_handle().await?;
-        // SAFETY: the handle is locked for this scope: sqlx's worker thread
-        // waits on the lock and makes no call on it until `handle` drops,
-        // after `lite` (which does not close the handle, and finalises its
-        // statements when dropped) is gone.
-        let mut lite =
-            unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr())? };
+        let raw = handle.as_raw_handle().as_ptr();
+        let mut lite = self.0.lite.lock().unwrap_or_else(PoisonError::into_inner);
+        if lite.as_ref().is_none_or(|l| l.handle != raw as usize) {
+            // SAFETY: rusqlite uses the handle only below, while it is
+            // locked out of sqlx's worker thread; it never closes it (a
+            // wrapper `from_handle`), and its kept statements are finalised
+            // before sqlx closes the connection (`close`, and `Writer`'s
+            // field order when it is dropped).
+            let conn = unsafe { rusqlite::Connection::from_handle(raw)? };
+            *lite = Some(Lite {
+                handle: raw as usize,
+                conn,
+            });
+        }
+        let lite = &mut lite.as_mut().expect("set above").conn;
         let tx = lite.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Every statement of `LiteExec` completes at once, so the work is
         // done on its first poll.
@@ -123,6 +170,16 @@ impl SqliteWriter {
             .expect("LiteExec never waits")?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Finalises the kept statements, then closes the connection.
+    async fn close(&self) {
+        self.0
+            .lite
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.pool().close().await;
     }
 }
 
@@ -140,7 +197,7 @@ macro_rules! dispatch {
     };
     ($store:expr, write $op:ident($($arg:expr),*)) => {
         match &$store.backend {
-            Backend::Sqlite(_, SqliteWriter(writer)) => ops::sqlite::$op(writer, $($arg),*).await,
+            Backend::Sqlite(_, writer) => ops::sqlite::$op(writer.pool(), $($arg),*).await,
             Backend::Postgres(pool) => ops::postgres::$op(pool, $($arg),*).await,
         }
     };
@@ -181,7 +238,7 @@ impl Store {
     /// Waits for open transactions and closes every connection (shutdown).
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite(pool, SqliteWriter(writer)) => {
+            Backend::Sqlite(pool, writer) => {
                 writer.close().await;
                 pool.close().await;
             }
@@ -486,7 +543,7 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<(SqlitePool, SqliteWriter
     } else {
         connect(kept(), options).await?
     };
-    Ok((pool, SqliteWriter(writer)))
+    Ok((pool, SqliteWriter::new(writer)))
 }
 
 async fn open_postgres(url: &str, shown: &str) -> Result<PgPool, StoreError> {
