@@ -73,6 +73,17 @@ impl Db {
         Store::open(&self.url).await.unwrap()
     }
 
+    /// Runs SQL behind the store's back: `sqlite` or `postgres` by backend.
+    async fn raw(&self, sqlite: &str, postgres: &str) {
+        if self.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::raw_sql(sqlite).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::raw_sql(postgres).execute(&mut conn).await.unwrap();
+        }
+    }
+
     /// Rows in `attempts` for an event, read behind the store's back.
     async fn attempt_rows(&self, event_id: &str) -> i64 {
         let sql = "SELECT COUNT(*) FROM attempts WHERE event_id = $1";
@@ -189,6 +200,7 @@ on_both_backends!(
     suppressed_recipients_are_refused_until_allowed,
     a_provider_opt_out_is_listed_with_its_record,
     one_commit_applies_its_records_before_its_claims,
+    a_failed_commit_applies_none_of_its_records_or_claims,
     a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies,
     a_due_event_is_leased_to_one_scheduler_until_its_lease_ends,
     a_webhook_delivery_applies_once,
@@ -1267,6 +1279,46 @@ async fn one_commit_applies_its_records_before_its_claims(db: &Db) {
     assert_eq!(view(store, "c4").await.status, Status::Sending);
     // Nothing to do is no transaction and no verdict.
     assert!(store.commit(&[], &[]).await.unwrap().is_empty());
+}
+
+/// A statement that fails late in a commit (a trigger refuses the attempt
+/// of event `boom`) undoes the commit's records and its other claims; the
+/// same commit goes through once the trigger is gone.
+async fn a_failed_commit_applies_none_of_its_records_or_claims(db: &Db) {
+    let store = &db.store;
+    assert_eq!(
+        store.claim(&[claim("f1", "sms", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    db.raw(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON attempts WHEN NEW.event_id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+        "CREATE FUNCTION refuse_boom() RETURNS trigger AS $$ BEGIN \
+         IF NEW.event_id = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF; RETURN NEW; \
+         END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_boom BEFORE INSERT ON attempts FOR EACH ROW \
+         EXECUTE FUNCTION refuse_boom()",
+    )
+    .await;
+    let records = [record("f1", "sms", 1, sent("SMf1", 0.0075, 1), T0 + 1)];
+    let claims = [
+        claim("f2", "sms", 1, T0 + 2),
+        claim("boom", "sms", 1, T0 + 2),
+    ];
+    let err = store.commit(&records, &claims).await.unwrap_err();
+    assert!(err.to_string().contains("boom refused"), "{err}");
+    assert_eq!(view(store, "f1").await.status, Status::Sending);
+    assert!(store.message("f2").await.unwrap().is_none());
+    assert!(store.message("boom").await.unwrap().is_none());
+
+    db.raw(
+        "DROP TRIGGER refuse_boom",
+        "DROP TRIGGER refuse_boom ON attempts; DROP FUNCTION refuse_boom()",
+    )
+    .await;
+    assert_eq!(store.commit(&records, &claims).await.unwrap(), [SEND, SEND]);
+    assert_eq!(view(store, "f1").await.status, Status::Sent);
+    assert_eq!(view(store, "f2").await.status, Status::Sending);
 }
 
 /// Receipt keys and kept events go in with the batch's other records (one

@@ -106,7 +106,9 @@ struct SqliteWriter(Arc<Writer>);
 /// The writer's connection and rusqlite's view of it. The fields drop in
 /// this order: the kept statements are finalised before the last pool
 /// handle closes the connection (sqlx cannot close a connection that
-/// still has statements).
+/// still has statements). When the last `Store` clone drops without
+/// [`Store::close`], nothing is running on the connection: every
+/// operation holds a `Store`.
 #[derive(Debug)]
 struct Writer {
     /// rusqlite's view of the connection's handle, made on the first
@@ -115,6 +117,9 @@ struct Writer {
     lite: Mutex<Option<Lite>>,
     pool: SqlitePool,
 }
+
+/// Statements rusqlite keeps prepared: every statement of `commit.rs`.
+const LITE_STATEMENTS: usize = 32;
 
 #[derive(Debug)]
 struct Lite {
@@ -156,6 +161,7 @@ impl SqliteWriter {
             // before sqlx closes the connection (`close`, and `Writer`'s
             // field order when it is dropped).
             let conn = unsafe { rusqlite::Connection::from_handle(raw)? };
+            conn.set_prepared_statement_cache_capacity(LITE_STATEMENTS);
             *lite = Some(Lite {
                 handle: raw as usize,
                 conn,
@@ -172,13 +178,22 @@ impl SqliteWriter {
         Ok(out)
     }
 
-    /// Finalises the kept statements, then closes the connection.
+    /// Finalises the kept statements (with the handle locked, if it can
+    /// be), then closes the connection.
     async fn close(&self) {
-        self.0
-            .lite
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let forget = || {
+            self.0
+                .lite
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        };
+        if let Ok(mut conn) = self.pool().acquire().await {
+            if let Ok(_locked) = conn.lock_handle().await {
+                drop(forget());
+            }
+        }
+        drop(forget());
         self.pool().close().await;
     }
 }
