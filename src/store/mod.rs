@@ -29,9 +29,9 @@ mod sql;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures_util::FutureExt;
-use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -218,6 +218,32 @@ macro_rules! dispatch {
     };
 }
 
+/// Runs `$body`, a future of `commit.rs` given `$db` (an `Exec`) and
+/// `$dialect` (the backend's SQL), in one transaction: on SQLite through
+/// [`SqliteWriter::transaction`], on PostgreSQL through sqlx. Commits if it
+/// returns `Ok`, else rolls back.
+macro_rules! transaction {
+    ($store:expr, |$db:ident, $dialect:ident| $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(_, writer) => {
+                writer
+                    .transaction(async |$db| {
+                        let $dialect = &sql::SQLITE;
+                        $body.await
+                    })
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = exec::PgExec(pool.begin().await?);
+                let ($db, $dialect) = (&mut tx, &sql::POSTGRES);
+                let out = $body.await?;
+                tx.0.commit().await?;
+                Ok(out)
+            }
+        }
+    };
+}
+
 impl Store {
     /// Opens the store at `url` and brings its schema up to date.
     ///
@@ -289,19 +315,9 @@ impl Store {
         if records.is_empty() && claims.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.backend {
-            Backend::Sqlite(_, writer) => {
-                writer
-                    .transaction(async |db| commit::commit(db, &sql::SQLITE, records, claims).await)
-                    .await
-            }
-            Backend::Postgres(pool) => {
-                let mut db = exec::PgExec(pool.begin().await?);
-                let outcomes = commit::commit(&mut db, &sql::POSTGRES, records, claims).await?;
-                db.0.commit().await?;
-                Ok(outcomes)
-            }
-        }
+        transaction!(self, |db, dialect| commit::commit(
+            db, dialect, records, claims
+        ))
     }
 
     /// Applies changes to the suppression list in one transaction, each
@@ -330,21 +346,9 @@ impl Store {
         changes: &[SuppressionChange],
         webhook_id: Option<(&str, i64)>,
     ) -> Result<Option<Vec<bool>>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(_, writer) => {
-                writer
-                    .transaction(async |db| {
-                        commit::change_suppressions(db, changes, webhook_id).await
-                    })
-                    .await
-            }
-            Backend::Postgres(pool) => {
-                let mut db = exec::PgExec(pool.begin().await?);
-                let changed = commit::change_suppressions(&mut db, changes, webhook_id).await?;
-                db.0.commit().await?;
-                Ok(changed)
-            }
-        }
+        transaction!(self, |db, _dialect| commit::change_suppressions(
+            db, changes, webhook_id
+        ))
     }
 
     /// Holds events until their time (one transaction); an event already
