@@ -5,10 +5,10 @@
 //! the whole commit (one hand-off in, one out, however many statements).
 //!
 //! Through sqlx's SQLite worker every statement was a round trip between
-//! threads: with ~9 statements a commit, a commit carried ~4 ms of wake-ups
-//! on a busy two-core machine before any row was written, and the
-//! journal's one-at-a-time commits were what bounded throughput
-//! (docs/benchmarks.md).
+//! threads: with ~9 statements a commit, a commit carried ~4 ms of
+//! hand-offs on a busy two-core machine before any row was written, and
+//! every message waits for one commit before its provider call and another
+//! before its ack (docs/benchmarks.md, ADR 0003).
 
 use std::future::Future;
 
