@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use super::exec::{args, Exec};
+use super::exec::{args, Exec, Val};
 use super::model::{
     Claim, ClaimOutcome, FrequencyCap, KeptEvent, Outcome, Record, Status, SuppressionAction,
     SuppressionChange,
@@ -19,22 +19,22 @@ use super::sql::{self, Dialect};
 use super::{parse_status, StoreError};
 
 /// The values a record writes, derived once from its outcome.
-pub(crate) struct Written<'a> {
+struct Written<'a> {
     /// The message status it moves to.
-    pub status: Status,
+    status: Status,
     /// Provider id, for a sent record.
-    pub provider_id: Option<&'a str>,
+    provider_id: Option<&'a str>,
     /// Cost, for a sent record (`None` marks every other outcome).
-    pub cost_usd: Option<f64>,
+    cost_usd: Option<f64>,
     /// Segments, for a sent record.
-    pub segments: i64,
+    segments: i64,
     /// Set for the statuses that end a message's life (or pause it, for
     /// `outcome_unknown`): what retention counts from.
-    pub finished_at: Option<i64>,
+    finished_at: Option<i64>,
 }
 
 impl<'a> Written<'a> {
-    pub(crate) fn of(record: &'a Record) -> Written<'a> {
+    fn of(record: &'a Record) -> Written<'a> {
         let status = record.outcome.status();
         let (provider_id, cost_usd, segments) = match &record.outcome {
             Outcome::Sent {
@@ -66,7 +66,7 @@ impl<'a> Written<'a> {
 impl Record {
     /// The provider id that receipts for this record's send will name, if
     /// they are to find it (an accepted send of a class that tracks them).
-    pub(crate) fn receipt_key(&self) -> Option<&str> {
+    fn receipt_key(&self) -> Option<&str> {
         match &self.outcome {
             Outcome::Sent {
                 provider_id: Some(id),
@@ -78,7 +78,7 @@ impl Record {
 }
 
 /// The error recorded on an attempt found open by a later claim.
-pub(crate) const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
+const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
 
 /// Records, then claims, in the caller's transaction.
 pub(crate) async fn commit(
@@ -187,7 +187,7 @@ async fn claim_capped(
 }
 
 /// The first column of the first row.
-fn first(rows: Vec<Vec<super::exec::Val>>) -> Option<super::exec::Val> {
+fn first(rows: Vec<Vec<Val>>) -> Option<Val> {
     rows.into_iter().next()?.into_iter().next()
 }
 

@@ -69,7 +69,8 @@ macro_rules! args {
 }
 pub(crate) use args;
 
-/// A value read from a row: only what the hot path's statements return.
+/// A value read from a row: only what the hot path's statements return
+/// (text and integer columns; any other is an error on both backends).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Val {
     Null,
@@ -167,7 +168,9 @@ impl Exec for PgExec {
 }
 
 /// A SQLite transaction through rusqlite, on a handle the caller holds
-/// exclusively. Statements are prepared once per commit and kept for it.
+/// exclusively. Statements come from the connection's cache, prepared the
+/// first time they run (`SqliteWriter` keeps the connection, and so the
+/// cache, between commits).
 pub(crate) struct LiteExec<'c>(pub &'c rusqlite::Connection);
 
 impl LiteExec<'_> {
@@ -215,11 +218,14 @@ impl Exec for LiteExec<'_> {
                 vals.push(match row.get_ref(i)? {
                     ValueRef::Null => Val::Null,
                     ValueRef::Integer(n) => Val::Int(n),
-                    // Neither is read by the hot path; kept as text so
-                    // nothing is lost silently.
-                    ValueRef::Real(f) => Val::Text(f.to_string()),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => {
-                        Val::Text(String::from_utf8_lossy(t).into_owned())
+                    ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                    // As on PostgreSQL (`pg_val`): the hot path reads no
+                    // other kind of column.
+                    other => {
+                        return Err(StoreError::Unexpected {
+                            column: "a hot-path result column",
+                            value: format!("{:?}", other.data_type()),
+                        })
                     }
                 });
             }
