@@ -1087,6 +1087,26 @@ async fn measure(db: &Db) {
     );
 }
 
+/// The journal's commits keep prepared statements on the SQLite writer's
+/// connection; closing the store must still close that connection cleanly.
+/// SQLite's last connection to close checkpoints the WAL and deletes it, so
+/// a `-wal` file left behind means a connection stayed open.
+#[tokio::test]
+async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
+    let db = Db::sqlite().await;
+    let claims: Vec<Claim> = (0..20)
+        .map(|i| claim(&format!("w{i}"), "sms", 1, T0))
+        .collect();
+    db.store.claim(&claims).await.unwrap();
+    let wal = format!("{}-wal", db.url.trim_start_matches("sqlite://"));
+    assert!(std::path::Path::new(&wal).exists(), "{wal} while open");
+    db.store.close().await;
+    assert!(
+        !std::path::Path::new(&wal).exists(),
+        "{wal} left after close"
+    );
+}
+
 #[tokio::test]
 #[ignore = "throughput measurement; run with --release -- --ignored --nocapture"]
 async fn throughput_sqlite() {
