@@ -4,7 +4,9 @@
 //! while it runs forms the next batch — one transaction per message at low
 //! load, hundreds per transaction under load. Each transaction carries both
 //! the waiting records and the waiting claims, records first, so a claim
-//! always sees every outcome already reported.
+//! always sees every outcome already reported. Records alone (nothing waits
+//! on them but acks) wait up to [`RECORD_LINGER`] for a claim to join them,
+//! so under a steady load a message costs one transaction, not two.
 //!
 //! Two copies of one event in flight at once (a publisher that published
 //! twice) must not both go out: the store cannot tell a crashed call from
@@ -39,6 +41,12 @@ const MAX_BATCH: usize = 512;
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How soon to try the provider again when it is being restarted.
 const PROVIDER_RETRY: Duration = Duration::from_millis(50);
+/// How long outcome records alone may wait for a claim to share their
+/// transaction. Under a steady load one comes well within this, so a
+/// message costs one commit instead of two, and no claim (which a send
+/// waits on) queues behind a commit of records (which only acks wait on).
+/// It delays an ack, never a send.
+pub const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// How long a claimed event may go without an outcome before a parked copy
 /// of it is let through (longer than any provider timeout).
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
@@ -52,6 +60,12 @@ pub struct Journal {
     registry: Registry,
     /// Records waiting for the next transaction.
     records: VecDeque<Record>,
+    /// How long records alone wait for a claim ([`RECORD_LINGER`]).
+    record_linger: Duration,
+    /// When the oldest of `records` began to wait.
+    records_since: Option<Instant>,
+    /// A timer is armed to commit records that waited `record_linger`.
+    linger_armed: bool,
     /// Claims waiting for the next transaction.
     claims: VecDeque<Submit>,
     /// Claimed jobs whose provider was restarting.
@@ -70,11 +84,14 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(log: Arc<dyn DeliveryLog>, registry: Registry) -> Journal {
+    pub fn new(log: Arc<dyn DeliveryLog>, registry: Registry, record_linger: Duration) -> Journal {
         Journal {
             log,
             registry,
             records: VecDeque::new(),
+            record_linger,
+            records_since: None,
+            linger_armed: false,
             claims: VecDeque::new(),
             unsent: Vec::new(),
             busy: false,
@@ -135,12 +152,54 @@ impl Journal {
         });
     }
 
+    /// Queues an outcome record (or puts a failed batch's back in front).
+    fn push_record(&mut self, record: Record, front: bool) {
+        self.records_since.get_or_insert_with(Instant::now);
+        if front {
+            self.records.push_front(record);
+        } else {
+            self.records.push_back(record);
+        }
+    }
+
+    /// Whether records alone should wait a little longer for a claim, and
+    /// if so makes sure a timer ends the wait.
+    fn linger(&mut self, ctx: &mut Context<Self>) -> bool {
+        if !self.claims.is_empty() || self.records.len() >= MAX_BATCH {
+            return false;
+        }
+        let waited = self
+            .records_since
+            .map_or(self.record_linger, |t| t.elapsed());
+        let Some(left) = self
+            .record_linger
+            .checked_sub(waited)
+            .filter(|d| !d.is_zero())
+        else {
+            return false;
+        };
+        if !self.linger_armed {
+            self.linger_armed = true;
+            ctx.run_later(left, |act, ctx| {
+                act.linger_armed = false;
+                act.flush(ctx);
+            });
+        }
+        true
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.busy || self.retry_armed || (self.records.is_empty() && self.claims.is_empty()) {
             return;
         }
+        if self.linger(ctx) {
+            return;
+        }
         let n = self.records.len().min(MAX_BATCH);
         let records: Vec<Record> = self.records.drain(..n).collect();
+        if self.records.is_empty() {
+            self.records_since = None;
+        }
         let n = self.claims.len().min(MAX_BATCH);
         let claims: Vec<Submit> = self.claims.drain(..n).collect();
         let rows = records.iter().map(|r| r.record.clone()).collect();
@@ -179,7 +238,7 @@ impl Journal {
                         }
                         Err(e) => act.failed(e, ctx, |act| {
                             for r in records.into_iter().rev() {
-                                act.records.push_front(r);
+                                act.push_record(r, true);
                             }
                             act.requeue_claims(claims);
                         }),
@@ -299,7 +358,7 @@ impl Handler<Record> for Journal {
     type Result = ();
 
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
-        self.records.push_back(msg);
+        self.push_record(msg, false);
         self.flush(ctx);
     }
 }

@@ -110,13 +110,20 @@ impl ChildSpec {
         }
     }
 
-    pub fn journal(registry: &Registry, log: Arc<dyn DeliveryLog>) -> ChildSpec {
+    /// The journal, holding outcome records alone for up to `record_linger`
+    /// (normally [`crate::journal::RECORD_LINGER`]) for a claim to join.
+    pub fn journal(
+        registry: &Registry,
+        log: Arc<dyn DeliveryLog>,
+        record_linger: Duration,
+    ) -> ChildSpec {
         let registry = registry.clone();
         ChildSpec {
             name: "journal".into(),
             kind: "journal",
             factory: Box::new(move || {
-                let (addr, started) = start_watched(Journal::new(log.clone(), registry.clone()));
+                let (addr, started) =
+                    start_watched(Journal::new(log.clone(), registry.clone(), record_linger));
                 registry.set_journal(addr);
                 started
             }),

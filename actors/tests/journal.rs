@@ -28,6 +28,8 @@ struct MemoryLog {
     down: AtomicBool,
     transactions: AtomicUsize,
     records: Mutex<Vec<OutcomeRecord>>,
+    /// Each transaction's (records, claims).
+    shapes: Mutex<Vec<(usize, usize)>>,
 }
 
 struct Log(Arc<MemoryLog>);
@@ -44,6 +46,7 @@ impl DeliveryLog for Log {
                 return Err(JournalError("store down".into()));
             }
             m.transactions.fetch_add(1, Ordering::SeqCst);
+            m.shapes.lock().unwrap().push((records.len(), claims.len()));
             let mut status = m.status.lock().unwrap();
             for r in &records {
                 if matches!(r.outcome, RecordOutcome::Sent { .. }) {
@@ -126,6 +129,35 @@ async fn a_send_is_recorded_before_its_delivery_is_acked_and_never_repeated() {
             == 1
     })
     .await;
+}
+
+#[actix_rt::test]
+async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
+    let log = Arc::new(MemoryLog::default());
+    // A linger far beyond the test, so only a claim can commit the record.
+    let w = start_with_linger(
+        vec![class("c", 1, 600_000)],
+        Duration::from_millis(5),
+        8,
+        Some(Arc::new(Log(log.clone()))),
+        Duration::from_secs(600),
+    );
+    ready(&w).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "first", &tx);
+    wait_for(|| w.recorder.sent.lock().unwrap().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "the record waits, so no ack yet");
+    assert_eq!(*log.shapes.lock().unwrap(), vec![(0, 1)]);
+    // The next claim carries the waiting record: one transaction for both,
+    // and the first delivery is acked once it commits.
+    deliver(&w, "second", &tx);
+    assert_eq!(next(&mut rx).await, Disposition::Ack);
+    assert_eq!(*log.shapes.lock().unwrap(), vec![(0, 1), (1, 1)]);
+    assert_eq!(
+        log.status.lock().unwrap().get("first").copied(),
+        Some("sent")
+    );
 }
 
 #[actix_rt::test]

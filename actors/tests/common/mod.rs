@@ -10,6 +10,7 @@ use actix::Actor;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use herald_actors::class_sender::ClassParams;
+use herald_actors::journal::RECORD_LINGER;
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, Job, Outbound, ProviderClient, Receipt, SendError};
 use herald_actors::ports::{Broker, BrokerError, DeadLetter, DeliveryLog};
@@ -115,6 +116,17 @@ pub fn start_full(
     max_concurrency: u32,
     log: Option<Arc<dyn DeliveryLog>>,
 ) -> World {
+    start_with_linger(classes, latency, max_concurrency, log, RECORD_LINGER)
+}
+
+/// [`start_full`] with the journal holding lone records for `record_linger`.
+pub fn start_with_linger(
+    classes: Vec<ClassParams>,
+    latency: Duration,
+    max_concurrency: u32,
+    log: Option<Arc<dyn DeliveryLog>>,
+    record_linger: Duration,
+) -> World {
     let registry = Registry::new();
     let metrics = Metrics::new();
     let recorder = Arc::new(Recorder {
@@ -138,7 +150,7 @@ pub fn start_full(
         ChildSpec::fallback(&registry),
     ];
     if let Some(log) = log {
-        specs.push(ChildSpec::journal(&registry, log));
+        specs.push(ChildSpec::journal(&registry, log, record_linger));
     }
     for c in classes {
         specs.push(ChildSpec::class_sender(&registry, c, Arc::new(NoBroker)));
