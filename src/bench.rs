@@ -390,7 +390,11 @@ async fn herald_run(
     twilio: &FakeTwilio,
     resend: &FakeResend,
 ) -> anyhow::Result<Run> {
-    let dir = tempfile_dir()?;
+    let mut scratch = Scratch {
+        dir: tempfile_dir()?,
+        database: None,
+    };
+    let dir = scratch.dir.clone();
     let shipped = crate::config::Config::from_toml_str(SHIPPED_CONFIG, &|_| None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let classes: Vec<String> = match &args.classes {
@@ -419,22 +423,12 @@ async fn herald_run(
         "sqlite" => format!("sqlite://{}/bench.db", dir.display()),
         "postgres" => {
             let db = format!("herald_bench_{}", rand::random::<u32>());
-            let ok = Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-c",
-                    &format!("CREATE DATABASE {db}"),
-                ])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if !ok {
+            if !psql(&format!("CREATE DATABASE {db}")) {
                 bail!("could not create a PostgreSQL database (psql -h 127.0.0.1 -U postgres)");
             }
-            format!("postgres://postgres@127.0.0.1:5432/{db}")
+            let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+            scratch.database = Some(db);
+            url
         }
         other => bail!("--store must be sqlite or postgres, not {other:?}"),
     };
@@ -526,7 +520,6 @@ async fn herald_run(
         })
         .collect();
     lat.sort_by(f64::total_cmp);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(Run {
         name: format!("herald ({} store)", args.store),
         events: args.events,
@@ -600,6 +593,31 @@ pub async fn wait_ready(addr: &str, child: &mut std::process::Child) -> anyhow::
             bail!("herald was not ready within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs one statement as `postgres` on 127.0.0.1; whether it succeeded.
+fn psql(statement: &str) -> bool {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-c", statement])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// What one herald run leaves behind (its directory, and its PostgreSQL
+/// database with `--store postgres`), removed when the run ends, however it
+/// ends.
+struct Scratch {
+    dir: PathBuf,
+    database: Option<String>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(db) = &self.database {
+            psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
     }
 }
 
