@@ -86,6 +86,13 @@ fn class_channels(c: &ClassConfig) -> Vec<Channel> {
     v
 }
 
+/// The lease this process's claims hold on their attempts
+/// (`Store::with_call_lease`): its longest provider call, and a margin.
+fn call_lease(config: &Config) -> Duration {
+    let providers = &config.providers;
+    providers.twilio.timeout().max(providers.resend.timeout()) + Duration::from_secs(5)
+}
+
 /// Every class's queues, as the topology declares them.
 pub fn class_topology(config: &Config) -> Vec<ClassTopology> {
     config
@@ -216,7 +223,8 @@ impl Engine {
         let url = config.store.url.clone();
         let store = crate::offload::run(async move { Store::open(&url).await })
             .await
-            .ok_or(EngineError::StorePanicked)??;
+            .ok_or(EngineError::StorePanicked)??
+            .with_call_lease(call_lease(&config));
         let shared = shared_pacing(&config, &metrics).await?;
 
         let classes = class_topology(&config);

@@ -68,6 +68,7 @@ impl DeliveryLog for StoreLog {
                     ClaimOutcome::AlreadyFinal { .. } => ClaimVerdict::AlreadyFinal,
                     ClaimOutcome::Suppressed => ClaimVerdict::Suppressed,
                     ClaimOutcome::Capped => ClaimVerdict::Capped,
+                    ClaimOutcome::InFlightElsewhere => ClaimVerdict::InFlightElsewhere,
                 })
                 .collect())
         })

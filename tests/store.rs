@@ -203,6 +203,7 @@ on_both_backends!(
     a_failed_commit_applies_none_of_its_records_or_claims,
     a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies,
     a_due_event_is_leased_to_one_scheduler_until_its_lease_ends,
+    a_call_in_flight_on_another_instance_is_not_sent_again,
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
@@ -365,12 +366,23 @@ async fn crash_mid_call_is_recorded_outcome_unknown(db: &Db) {
         db.store.claim(&[claim("e1", "sms", 1, T0)]).await.unwrap(),
         [SEND]
     );
-    // herald dies mid-call; a restarted herald gets the redelivery.
+    // herald dies mid-call; a restarted herald gets the redelivery. It is
+    // another process to the store: until the dead one's lease (the
+    // default, 60 s) runs out, the call may still be running.
     db.store.close().await;
     let store = db.reopen().await;
     assert_eq!(
         store
             .claim(&[claim("e1", "sms", 1, T0 + 1_000)])
+            .await
+            .unwrap(),
+        [ClaimOutcome::InFlightElsewhere]
+    );
+    assert_eq!(log(&view(&store, "e1").await), [(1, "sms", None)]);
+    const LEASE_OVER: i64 = T0 + 60_000;
+    assert_eq!(
+        store
+            .claim(&[claim("e1", "sms", 1, LEASE_OVER)])
             .await
             .unwrap(),
         [SEND_AFTER_UNKNOWN]
@@ -382,10 +394,16 @@ async fn crash_mid_call_is_recorded_outcome_unknown(db: &Db) {
         log(&v),
         [(1, "sms", Some("outcome_unknown")), (1, "sms", None)]
     );
-    assert_eq!(v.attempt_log[0].finished_at_ms, Some(T0 + 1_000));
+    assert_eq!(v.attempt_log[0].finished_at_ms, Some(LEASE_OVER));
     assert!(v.attempt_log[0].error.is_some());
     store
-        .record(&[record("e1", "sms", 1, sent("SM2", 0.0075, 1), T0 + 1_500)])
+        .record(&[record(
+            "e1",
+            "sms",
+            1,
+            sent("SM2", 0.0075, 1),
+            LEASE_OVER + 500,
+        )])
         .await
         .unwrap();
     let v = view(&store, "e1").await;
@@ -1405,6 +1423,62 @@ async fn a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies(db: &Db)
             .unwrap(),
         ReceiptOutcome::Unknown
     );
+}
+
+/// Two herald instances on one store, each handed a copy of one event at
+/// once (a publisher that published twice): the second leaves the first's
+/// call alone while its lease lasts, and finds it sent once recorded. An
+/// instance's own unfinished attempt is not in flight elsewhere.
+async fn a_call_in_flight_on_another_instance_is_not_sent_again(db: &Db) {
+    let lease = std::time::Duration::from_secs(10);
+    let a = db.store.clone().with_call_lease(lease);
+    let b = db.reopen().await.with_call_lease(lease);
+    assert_eq!(
+        a.claim(&[claim("twin", "sms", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    for at in [T0, T0 + 9_999] {
+        assert_eq!(
+            b.claim(&[claim("twin", "sms", 1, at)]).await.unwrap(),
+            [ClaimOutcome::InFlightElsewhere]
+        );
+    }
+    // Nothing written by the refused claims.
+    let v = view(&a, "twin").await;
+    assert_eq!((v.status, v.attempts), (Status::Sending, 1));
+    assert_eq!(log(&v), [(1, "sms", None)]);
+    a.record(&[record("twin", "sms", 1, sent("SM1", 0.0075, 1), T0 + 20)])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.claim(&[claim("twin", "sms", 1, T0 + 30)]).await.unwrap(),
+        [ClaimOutcome::AlreadySent {
+            provider_id: Some("SM1".to_owned())
+        }]
+    );
+    // An instance that died mid-call: its lease runs out, then the other
+    // sends, the cut-off attempt recorded as an unknown outcome.
+    assert_eq!(
+        a.claim(&[claim("cut", "sms", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    assert_eq!(
+        b.claim(&[claim("cut", "sms", 1, T0 + 10_000)])
+            .await
+            .unwrap(),
+        [SEND_AFTER_UNKNOWN]
+    );
+    // Its own unfinished attempt, claimed again by the same instance (a
+    // copy let through after the journal's wait): unknown, sent again.
+    assert_eq!(
+        a.claim(&[claim("own", "sms", 1, T0)]).await.unwrap(),
+        [SEND]
+    );
+    assert_eq!(
+        a.claim(&[claim("own", "sms", 1, T0 + 1)]).await.unwrap(),
+        [SEND_AFTER_UNKNOWN]
+    );
+    b.close().await;
 }
 
 /// Two herald instances on one store (two `Store`s on one database): a due

@@ -50,6 +50,8 @@ pub const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// How long a claimed event may go without an outcome before a parked copy
 /// of it is let through (longer than any provider timeout).
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// How soon an event another process is still sending is claimed again.
+pub const IN_FLIGHT_RECHECK: Duration = Duration::from_secs(1);
 /// How often parked claims are checked for staleness.
 const PARK_CHECK: Duration = Duration::from_secs(5);
 
@@ -70,6 +72,9 @@ pub struct Journal {
     claims: VecDeque<Submit>,
     /// Claimed jobs whose provider was restarting.
     unsent: Vec<Submit>,
+    /// Jobs another process is still sending, to be claimed again after
+    /// [`IN_FLIGHT_RECHECK`]; their deliveries stay held meanwhile.
+    elsewhere: Vec<Submit>,
     /// A transaction is running.
     busy: bool,
     /// A retry timer is armed.
@@ -94,6 +99,7 @@ impl Journal {
             linger_armed: false,
             claims: VecDeque::new(),
             unsent: Vec::new(),
+            elsewhere: Vec::new(),
             busy: false,
             retry_armed: false,
             active: HashMap::new(),
@@ -312,6 +318,18 @@ impl Journal {
                     outcome.ticket.requeue();
                     self.done(&id, ctx);
                 }
+            }
+            ClaimVerdict::InFlightElsewhere => {
+                info!(event_id = %job.event_id, class = %job.class,
+                    "another herald process is sending this event; claiming it again shortly");
+                if self.elsewhere.is_empty() {
+                    ctx.run_later(IN_FLIGHT_RECHECK, |act, ctx| {
+                        // Still active here, so straight back in the queue.
+                        act.claims.extend(std::mem::take(&mut act.elsewhere));
+                        act.flush(ctx);
+                    });
+                }
+                self.elsewhere.push(submit);
             }
             ClaimVerdict::AlreadySent | ClaimVerdict::AlreadyFinal => {
                 info!(event_id = %job.event_id, class = %job.class, ?verdict, "already handled; not sending again");

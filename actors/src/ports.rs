@@ -101,6 +101,10 @@ pub enum ClaimVerdict {
     Suppressed,
     /// The user already had the class's cap of messages in its window.
     Capped,
+    /// Another process sharing the store is still within its lease on an
+    /// unfinished attempt of this event: its call may be running. Claim it
+    /// again later; do not send now.
+    InFlightElsewhere,
 }
 
 /// What became of an attempt, for the journal.

@@ -58,6 +58,7 @@ impl DeliveryLog for Log {
                 .iter()
                 .map(|c| match status.get(&*c.event_id).copied() {
                     Some("sent") => ClaimVerdict::AlreadySent,
+                    Some("elsewhere") => ClaimVerdict::InFlightElsewhere,
                     Some("sending") => ClaimVerdict::Send {
                         previous_unknown: true,
                     },
@@ -158,6 +159,27 @@ async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
         log.status.lock().unwrap().get("first").copied(),
         Some("sent")
     );
+}
+
+#[actix_rt::test]
+async fn an_event_another_process_is_sending_is_held_and_claimed_again() {
+    let log = Arc::new(MemoryLog::default());
+    log.status
+        .lock()
+        .unwrap()
+        .insert("busy".into(), "elsewhere");
+    let w = with_journal(&log);
+    ready(&w).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "busy", &tx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "held, neither acked nor requeued");
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 0, "not sent");
+    // The other process's send is recorded: the next claim finds it sent.
+    log.status.lock().unwrap().insert("busy".into(), "sent");
+    assert_eq!(next(&mut rx).await, Disposition::Ack);
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 0);
+    assert!(log.transactions.load(Ordering::SeqCst) >= 2);
 }
 
 #[actix_rt::test]

@@ -9,6 +9,7 @@
 //! batch order, so a later entry sees an earlier one's effect.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::exec::{args, Exec, Val};
 use super::model::{
@@ -77,6 +78,17 @@ impl Record {
     }
 }
 
+/// Who claims: the process holding a `Store`, as its attempts name it.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimer {
+    /// This process's id in the store, random for each `Store::open`.
+    pub owner: Arc<str>,
+    /// How long after it opens an attempt of this process may still be
+    /// running (its longest provider call, and then some): until then,
+    /// another process's claim of the event leaves it alone.
+    pub lease_ms: i64,
+}
+
 /// The error recorded on an attempt found open by a later claim.
 const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
 
@@ -84,6 +96,7 @@ const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed
 pub(crate) async fn commit(
     db: &mut impl Exec,
     dialect: &Dialect,
+    claimer: &Claimer,
     records: &[Record],
     claims: &[Claim],
 ) -> Result<Vec<ClaimOutcome>, StoreError> {
@@ -93,12 +106,13 @@ pub(crate) async fn commit(
     if claims.is_empty() {
         return Ok(Vec::new());
     }
-    claim_in(db, dialect, claims).await
+    claim_in(db, dialect, claimer, claims).await
 }
 
 async fn claim_in(
     db: &mut impl Exec,
     dialect: &Dialect,
+    claimer: &Claimer,
     claims: &[Claim],
 ) -> Result<Vec<ClaimOutcome>, StoreError> {
     let suppressed = suppressed_among(db, dialect, claims).await?;
@@ -120,7 +134,7 @@ async fn claim_in(
         .into_iter()
         .filter(|c| fresh.contains(c.event_id.as_str()))
         .collect();
-    open_attempts(db, dialect, &opened, 1).await?;
+    open_attempts(db, dialect, claimer, &opened, 1).await?;
     let mut outcomes = Vec::with_capacity(claims.len());
     for claim in claims {
         // Only an event's first claim in the batch can be in `fresh`;
@@ -129,13 +143,13 @@ async fn claim_in(
             let done = final_outcome(db, claim).await?;
             outcomes.push(done.unwrap_or(ClaimOutcome::Suppressed));
         } else if let Some(cap) = claim.cap {
-            outcomes.push(claim_capped(db, dialect, claim, cap).await?);
+            outcomes.push(claim_capped(db, dialect, claimer, claim, cap).await?);
         } else if fresh.remove(claim.event_id.as_str()) {
             outcomes.push(ClaimOutcome::Send {
                 previous_unknown: false,
             });
         } else {
-            outcomes.push(claim_one(db, dialect, claim).await?);
+            outcomes.push(claim_one(db, dialect, claimer, claim).await?);
         }
     }
     Ok(outcomes)
@@ -172,6 +186,7 @@ async fn suppressed_among(
 async fn claim_capped(
     db: &mut impl Exec,
     dialect: &Dialect,
+    claimer: &Claimer,
     claim: &Claim,
     cap: FrequencyCap,
 ) -> Result<ClaimOutcome, StoreError> {
@@ -183,7 +198,7 @@ async fn claim_capped(
     if n >= i64::from(cap.max) {
         return Ok(ClaimOutcome::Capped);
     }
-    claim_one(db, dialect, claim).await
+    claim_one(db, dialect, claimer, claim).await
 }
 
 /// The first column of the first row.
@@ -308,11 +323,22 @@ async fn insert_new<'c>(
 async fn open_attempts(
     db: &mut impl Exec,
     dialect: &Dialect,
+    claimer: &Claimer,
     claims: &[&Claim],
     seq: i64,
 ) -> Result<(), StoreError> {
+    let owner = &*claimer.owner;
     bulk(db, dialect.bulk.insert_attempts, claims, |c| {
-        (&c.event_id, seq, c.attempt, c.channel, c.now_ms)
+        let lease_until = c.now_ms.saturating_add(claimer.lease_ms);
+        (
+            &c.event_id,
+            seq,
+            c.attempt,
+            c.channel,
+            c.now_ms,
+            owner,
+            lease_until,
+        )
     })
     .await?;
     Ok(())
@@ -322,6 +348,7 @@ async fn open_attempts(
 async fn claim_one(
     db: &mut impl Exec,
     dialect: &Dialect,
+    claimer: &Claimer,
     claim: &Claim,
 ) -> Result<ClaimOutcome, StoreError> {
     let existing = db
@@ -340,7 +367,7 @@ async fn claim_one(
             claim.now_ms,
         ];
         db.run(sql::CLAIM_INSERT_MESSAGE, args).await?;
-        open_attempts(db, dialect, &[claim], 1).await?;
+        open_attempts(db, dialect, claimer, &[claim], 1).await?;
         return Ok(ClaimOutcome::Send {
             previous_unknown: false,
         });
@@ -354,6 +381,12 @@ async fn claim_one(
         }),
         Status::DeadLettered | Status::Suppressed => Ok(ClaimOutcome::AlreadyFinal { status }),
         Status::Sending | Status::Retrying | Status::Fallback | Status::OutcomeUnknown => {
+            // Another process's call may still be running: leave it alone
+            // (a crashed one's lease runs out, and then it is unfinished).
+            let args = args![&claim.event_id, &*claimer.owner, claim.now_ms];
+            if !db.rows(sql::IN_FLIGHT_ELSEWHERE, args).await?.is_empty() {
+                return Ok(ClaimOutcome::InFlightElsewhere);
+            }
             let args = args![&claim.event_id, claim.now_ms, UNFINISHED_ERROR];
             let unfinished = db.run(sql::CLOSE_OPEN_ATTEMPTS, args).await?;
             let args = args![
@@ -365,7 +398,7 @@ async fn claim_one(
                 &claim.user_id,
             ];
             let seq = first(db.rows(sql::RECLAIM_MESSAGE, args).await?).map_or(0, |v| v.int());
-            open_attempts(db, dialect, &[claim], seq).await?;
+            open_attempts(db, dialect, claimer, &[claim], seq).await?;
             Ok(ClaimOutcome::Send {
                 previous_unknown: unfinished > 0,
             })

@@ -69,6 +69,12 @@ const SQLITE_CACHE_KIB: u32 = 2048;
 const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 /// How long a caller waits for a free connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The call lease of [`Store::with_call_lease`] until one is given.
+const DEFAULT_CALL_LEASE: Duration = Duration::from_secs(60);
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -78,6 +84,8 @@ static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 pub struct Store {
     /// The pool of the backend the URL chose.
     backend: Backend,
+    /// This process as its claims' attempts name it.
+    claimer: commit::Claimer,
 }
 
 /// One pool type per backend, so each runs its own driver with the same
@@ -260,7 +268,23 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl { url: shown });
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            claimer: commit::Claimer {
+                owner: format!("{:016x}", rand::random::<u64>()).into(),
+                lease_ms: millis(DEFAULT_CALL_LEASE),
+            },
+        })
+    }
+
+    /// The same store, its claims leasing their attempts for `lease`: how
+    /// long another process sharing the store leaves an unfinished attempt
+    /// of this one alone. It must outlast this process's longest provider
+    /// call; after a crash, its unfinished events wait this long before
+    /// another process (or its own restart) sends them again.
+    pub fn with_call_lease(mut self, lease: Duration) -> Store {
+        self.claimer.lease_ms = millis(lease);
+        self
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -316,7 +340,11 @@ impl Store {
             return Ok(Vec::new());
         }
         transaction!(self, |db, dialect| commit::commit(
-            db, dialect, records, claims
+            db,
+            dialect,
+            &self.claimer,
+            records,
+            claims
         ))
     }
 

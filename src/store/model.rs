@@ -151,6 +151,10 @@ pub enum ClaimOutcome {
     /// The user already had the class's cap of messages in its window: do
     /// not send. Nothing is written.
     Capped,
+    /// Another herald process sharing the store holds an unfinished attempt
+    /// of this event whose lease has not run out: its call may still be
+    /// running. Do not send now; claim again later. Nothing is written.
+    InFlightElsewhere,
 }
 
 /// An event as published, kept for a later fallback.

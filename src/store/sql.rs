@@ -36,6 +36,12 @@ pub(crate) const CLOSE_OPEN_ATTEMPTS: &str = "\
 UPDATE attempts SET finished_at = $2, outcome = 'outcome_unknown', error = $3 \
 WHERE event_id = $1 AND finished_at IS NULL";
 
+/// Whether another process holds an unfinished attempt of the event whose
+/// lease has not run out: `$1` event id, `$2` this process, `$3` now.
+pub(crate) const IN_FLIGHT_ELSEWHERE: &str = "\
+SELECT 1 FROM attempts WHERE event_id = $1 AND finished_at IS NULL AND owner <> $2 \
+AND lease_until > $3 LIMIT 1";
+
 /// A later claim of a claimable message; returns the new attempt's `seq`.
 /// `$1` event id, `$2` channel, `$3` fallback from, `$4` now, `$5` class,
 /// `$6` user id.
@@ -249,7 +255,8 @@ pub(crate) struct Bulk {
     /// (SQLite needs the `WHERE true` to parse `ON CONFLICT` after a
     /// `SELECT`.)
     pub claim_insert: &'static str,
-    /// Opens attempts: event id, seq, attempt, channel, now.
+    /// Opens attempts: event id, seq, attempt, channel, now, owner, lease
+    /// until.
     pub insert_attempts: &'static str,
     /// Closes the open attempt each record names (one record per event):
     /// event id, channel, attempt, now, outcome, error, provider id, cost.
@@ -284,9 +291,9 @@ CAST(value ->> 5 AS BIGINT), CAST(value ->> 5 AS BIGINT) FROM ",
                 " WHERE true ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
             ),
             insert_attempts: concat!(
-                "INSERT INTO attempts (event_id, seq, attempt, channel, started_at) \
+                "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until) \
 SELECT value ->> 0, CAST(value ->> 1 AS BIGINT), CAST(value ->> 2 AS BIGINT), value ->> 3, \
-CAST(value ->> 4 AS BIGINT) FROM ",
+CAST(value ->> 4 AS BIGINT), value ->> 5, CAST(value ->> 6 AS BIGINT) FROM ",
                 $rows
             ),
             close_attempts: concat!(
