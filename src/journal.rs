@@ -95,7 +95,7 @@ fn claims_of(
                 .get(c.class.as_ref())
                 .map(|(max, window)| FrequencyCap {
                     max: *max,
-                    since_ms: now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+                    since_ms: now - store::millis(*window),
                 }),
             now_ms: now,
         })

@@ -42,9 +42,9 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 pub use error::StoreError;
 pub use model::{
-    now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost, FrequencyCap,
-    KeptEvent, MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent, Status,
-    SuppressionAction, SuppressionChange, SuppressionView, UserCost,
+    millis, now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost,
+    FrequencyCap, KeptEvent, MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent,
+    Status, SuppressionAction, SuppressionChange, SuppressionView, UserCost,
 };
 
 /// How long an accepted SMS's event is kept for a fallback on an
@@ -71,10 +71,6 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The call lease of [`Store::with_call_lease`] until one is given.
 const DEFAULT_CALL_LEASE: Duration = Duration::from_secs(60);
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
