@@ -81,6 +81,80 @@ async fn the_same_event_published_twice_minutes_apart_is_sent_once() {
     engine.stop(Duration::from_secs(5)).await;
 }
 
+/// Two herald instances on one PostgreSQL store, the broker handing them the
+/// two copies of each event (a publisher that published everything twice)
+/// while the first copy's call is still open: each event is sent once. The
+/// second copy's claim finds the other instance's attempt unfinished and
+/// within its lease, waits, and then finds it sent.
+#[actix_rt::test]
+async fn two_instances_handed_copies_of_one_event_at_once_send_it_once() {
+    const N: usize = 20;
+    let db = PgDatabase::new();
+    let mut w = World::new();
+    w.config.store.url = db.url();
+    // Long calls: the copies are in flight on both instances together.
+    w.twilio.set_latency(Duration::from_millis(400));
+    let a = Engine::start(w.config.clone()).await.unwrap();
+    let b = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    // Both consume before anything is published (the broker then hands
+    // the copies out in turn).
+    let ch = conn.create_channel().await.unwrap();
+    let consumers = || async {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        ch.queue_declare("herald.weekly_checkin".into(), passive, Default::default())
+            .await
+            .map_or(0, |q| q.consumer_count())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while consumers().await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both instances consume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let doubled: Vec<Vec<u8>> = sms_events("twin", N)
+        .into_iter()
+        .flat_map(|body| [body.clone(), body])
+        .collect();
+    publish_many(&conn, "weekly_checkin", &doubled).await;
+    let series = r#"herald_duplicates_suppressed_total{channel="sms",class="weekly_checkin"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut suppressed = 0.0;
+    while tokio::time::Instant::now() < deadline {
+        suppressed = metric(a.http_addr, series).await + metric(b.http_addr, series).await;
+        if suppressed >= N as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        suppressed, N as f64,
+        "every second copy found its event sent"
+    );
+    assert_eq!(w.twilio.sent_count(), N, "each event sent once");
+    assert_eq!(
+        w.twilio.request_count(),
+        N,
+        "the provider was called once each"
+    );
+    // Both instances did take copies (else this tested one process).
+    let sent = |addr| {
+        metric(
+            addr,
+            r#"herald_deliveries_total{channel="sms",class="weekly_checkin",outcome="sent"}"#,
+        )
+    };
+    let (by_a, by_b) = (sent(a.http_addr).await, sent(b.http_addr).await);
+    assert!(by_a > 0.0 && by_b > 0.0, "a sent {by_a}, b sent {by_b}");
+    a.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+}
+
 async fn status_shows_sent_fallback_and_dead_letter(mut w: World) {
     w.twilio.script_for(
         "+15551230022",
