@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use herald_actors::backoff;
 use herald_actors::class_sender::{ClassParams, ClassRate};
-use herald_actors::journal::RECORD_LINGER;
+use herald_actors::journal::{JournalParams, RECORD_LINGER};
 use herald_actors::messages::{IsIdle, Release};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
@@ -274,7 +274,10 @@ impl Engine {
                 ),
                 timing: metrics.store_duration.clone(),
             }),
-            RECORD_LINGER,
+            JournalParams {
+                record_linger: RECORD_LINGER,
+                stale_after: call_lease(&config),
+            },
         ));
         for &channel in &used {
             let (client, params) = provider_for(&config, channel, &shared, &metrics, &mut sandbox)?;

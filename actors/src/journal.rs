@@ -14,7 +14,7 @@
 //! yet seen an outcome for; a second claim for one of them is parked until
 //! the first outcome is committed, then claimed in turn (and found sent). An
 //! outcome that never comes (its provider died mid-call) frees the event
-//! after [`STALE_AFTER`].
+//! after [`JournalParams::stale_after`].
 //!
 //! A claim's verdict decides the job: `Send` goes on to the provider,
 //! `AlreadySent` and `AlreadyFinal` are acked without a second provider
@@ -49,13 +49,33 @@ const PROVIDER_RETRY: Duration = Duration::from_millis(50);
 /// waits on) queues behind a commit of records (which only acks wait on).
 /// It delays an ack, never a send.
 pub const RECORD_LINGER: Duration = Duration::from_millis(2);
-/// How long a claimed event may go without an outcome before a parked copy
-/// of it is let through (longer than any provider timeout).
+/// [`JournalParams::stale_after`] unless the engine says otherwise.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 /// How soon an event another process is still sending is claimed again.
 pub const IN_FLIGHT_RECHECK: Duration = Duration::from_secs(1);
 /// How often parked claims are checked for staleness.
 const PARK_CHECK: Duration = Duration::from_secs(5);
+
+/// The journal's timings.
+#[derive(Clone, Copy, Debug)]
+pub struct JournalParams {
+    /// How long records alone wait for a claim ([`RECORD_LINGER`]).
+    pub record_linger: Duration,
+    /// How long a claimed event may go without an outcome before a parked
+    /// copy of it is let through: longer than any provider call, so the
+    /// engine gives its call lease (the longest provider timeout and a
+    /// margin).
+    pub stale_after: Duration,
+}
+
+impl Default for JournalParams {
+    fn default() -> JournalParams {
+        JournalParams {
+            record_linger: RECORD_LINGER,
+            stale_after: STALE_AFTER,
+        }
+    }
+}
 
 pub struct Journal {
     /// The store.
@@ -64,11 +84,12 @@ pub struct Journal {
     registry: Registry,
     /// Records waiting for the next transaction.
     records: VecDeque<Record>,
-    /// How long records alone wait for a claim ([`RECORD_LINGER`]).
-    record_linger: Duration,
+    /// Its timings.
+    params: JournalParams,
     /// When the oldest of `records` began to wait.
     records_since: Option<Instant>,
-    /// A timer is armed to commit records that waited `record_linger`.
+    /// A timer is armed to commit records that waited
+    /// [`JournalParams::record_linger`].
     linger_armed: bool,
     /// Claims waiting for the next transaction.
     claims: VecDeque<Submit>,
@@ -91,12 +112,12 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(log: Arc<dyn DeliveryLog>, registry: Registry, record_linger: Duration) -> Journal {
+    pub fn new(log: Arc<dyn DeliveryLog>, registry: Registry, params: JournalParams) -> Journal {
         Journal {
             log,
             registry,
             records: VecDeque::new(),
-            record_linger,
+            params,
             records_since: None,
             linger_armed: false,
             claims: VecDeque::new(),
@@ -146,7 +167,11 @@ impl Journal {
             let stale: Vec<Arc<str>> = act
                 .parked
                 .keys()
-                .filter(|id| act.active.get(*id).is_none_or(|at| at.elapsed() >= STALE_AFTER))
+                .filter(|id| {
+                    act.active
+                        .get(*id)
+                        .is_none_or(|at| at.elapsed() >= act.params.stale_after)
+                })
                 .cloned()
                 .collect();
             for id in stale {
@@ -178,8 +203,9 @@ impl Journal {
         }
         let waited = self
             .records_since
-            .map_or(self.record_linger, |t| t.elapsed());
+            .map_or(self.params.record_linger, |t| t.elapsed());
         let Some(left) = self
+            .params
             .record_linger
             .checked_sub(waited)
             .filter(|d| !d.is_zero())

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::class_sender::{ClassParams, ClassSender};
 use crate::fallback::Fallback;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalParams};
 use crate::messages::{Crash, Observe, Ping};
 use crate::metrics::Metrics;
 use crate::metrics_actor::MetricsActor;
@@ -110,12 +110,11 @@ impl ChildSpec {
         }
     }
 
-    /// The journal, holding outcome records alone for up to `record_linger`
-    /// (normally [`crate::journal::RECORD_LINGER`]) for a claim to join.
+    /// The journal, with its timings.
     pub fn journal(
         registry: &Registry,
         log: Arc<dyn DeliveryLog>,
-        record_linger: Duration,
+        params: JournalParams,
     ) -> ChildSpec {
         let registry = registry.clone();
         ChildSpec {
@@ -123,7 +122,7 @@ impl ChildSpec {
             kind: "journal",
             factory: Box::new(move || {
                 let (addr, started) =
-                    start_watched(Journal::new(log.clone(), registry.clone(), record_linger));
+                    start_watched(Journal::new(log.clone(), registry.clone(), params));
                 registry.set_journal(addr);
                 started
             }),

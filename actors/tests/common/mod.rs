@@ -10,7 +10,7 @@ use actix::Actor;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use herald_actors::class_sender::ClassParams;
-use herald_actors::journal::RECORD_LINGER;
+use herald_actors::journal::{JournalParams, RECORD_LINGER};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, Job, Outbound, ProviderClient, Receipt, SendError};
 use herald_actors::ports::{Broker, BrokerError, DeadLetter, DeliveryLog};
@@ -150,7 +150,11 @@ pub fn start_with_linger(
         ChildSpec::fallback(&registry),
     ];
     if let Some(log) = log {
-        specs.push(ChildSpec::journal(&registry, log, record_linger));
+        let params = JournalParams {
+            record_linger,
+            ..JournalParams::default()
+        };
+        specs.push(ChildSpec::journal(&registry, log, params));
     }
     for c in classes {
         specs.push(ChildSpec::class_sender(&registry, c, Arc::new(NoBroker)));
