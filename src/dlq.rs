@@ -3,17 +3,24 @@
 //! every one returns to the queue; replaying releases the event in the
 //! delivery store, then republishes it to `herald` under its class
 //! (confirmed) before acking it.
+//!
+//! herald's own letters carry their class and reason in `x-herald-*`
+//! headers. The broker dead-letters by itself too: an event whose
+//! publisher-set `expiration` ran out while it waited in its class queue.
+//! Those carry only the broker's `x-death`; their class is read from the
+//! queue it names, so they can be listed by class and replayed like any
+//! other.
 
 use std::sync::Arc;
 
 use herald_actors::mask;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Connection;
 use serde_json::Value;
 
 use crate::amqp::publisher::{headers, Publisher};
-use crate::amqp::topology::DLQ;
+use crate::amqp::topology::{class_of_queue, DLQ};
 use crate::amqp::{header_str, header_u64};
 use crate::store::Store;
 
@@ -29,8 +36,25 @@ pub struct Letter {
     pub to_email: Option<String>,
 }
 
+/// The first `x-death` entry's queue and reason: where and why the broker
+/// dead-lettered a message.
+fn broker_death(h: Option<&FieldTable>) -> Option<(String, String)> {
+    let AMQPValue::FieldArray(deaths) = h?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let first = Some(first);
+    Some((
+        header_str(first, "queue")?.to_owned(),
+        header_str(first, "reason").unwrap_or("unknown").to_owned(),
+    ))
+}
+
 fn describe(props: &lapin::BasicProperties, body: &[u8]) -> Letter {
     let h = props.headers().as_ref();
+    let death = broker_death(h);
     let event: Option<Value> = serde_json::from_slice(body).ok();
     let field = |ptr: &str| {
         event
@@ -41,13 +65,21 @@ fn describe(props: &lapin::BasicProperties, body: &[u8]) -> Letter {
     };
     Letter {
         event_id: field("/id"),
-        class: header_str(h, headers::CLASS).unwrap_or_default().to_owned(),
+        class: match (header_str(h, headers::CLASS), &death) {
+            (Some(class), _) => class.to_owned(),
+            (None, Some((queue, _))) => class_of_queue(queue).unwrap_or_default().to_owned(),
+            (None, None) => String::new(),
+        },
         reason: header_str(h, headers::REASON)
             .unwrap_or("broker")
             .to_owned(),
-        detail: header_str(h, headers::DETAIL)
-            .unwrap_or_default()
-            .to_owned(),
+        detail: match (header_str(h, headers::DETAIL), &death) {
+            (Some(detail), _) => detail.to_owned(),
+            (None, Some((queue, why))) => {
+                format!("dead-lettered by the broker from {queue}: {why}")
+            }
+            (None, None) => String::new(),
+        },
         attempts: header_u64(h, headers::ATTEMPTS).unwrap_or(0),
         to_phone: field("/to/phone").map(|p| mask::phone(&p)),
         to_email: field("/to/email").map(|e| mask::email(&e)),

@@ -392,6 +392,84 @@ async fn dead_letters_are_listed_masked_replayed_by_id_and_purged_by_class() {
     engine.stop(Duration::from_secs(5)).await;
 }
 
+/// A letter the broker made (an event whose publisher-set `expiration` ran
+/// out in its class queue, before any herald consumed it) has no
+/// `x-herald-*` headers: it is listed under the class its `x-death` names,
+/// and replayed and sent like herald's own letters.
+#[actix_rt::test]
+async fn a_letter_the_broker_dead_lettered_is_listed_by_class_and_replayed() {
+    let w = world();
+    let conn = w.vhost.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let classes = herald::engine::class_topology(&w.config);
+    herald::amqp::topology::declare(&ch, &classes)
+        .await
+        .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let props = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_expiration("1".into());
+    let body = event("expired-1", Some("+15550004001"), None);
+    ch.basic_publish(
+        "herald".into(),
+        "weekly_checkin".into(),
+        Default::default(),
+        &body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let in_dlq = || async {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        ch.queue_declare("herald.dlq".into(), passive, Default::default())
+            .await
+            .map_or(0, |q| q.message_count())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while in_dlq().await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker dead-letters it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let api = Api::new(&engine);
+    let letters = api.ok("GET", "/api/dlq", None).await;
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["class"], "weekly_checkin", "{letter}");
+    assert_eq!(letter["reason"], "broker", "{letter}");
+    let detail = letter["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("herald.weekly_checkin") && detail.contains("expired"),
+        "{detail}"
+    );
+    let v = api
+        .ok(
+            "POST",
+            "/api/dlq/replay",
+            Some(serde_json::json!({"class": "weekly_checkin"})),
+        )
+        .await;
+    assert_eq!(v["replayed"], 1);
+    eventually(10, || {
+        w.twilio
+            .sent()
+            .iter()
+            .any(|m| m.body.contains("ref expired-1"))
+    })
+    .await;
+    assert_eq!(in_dlq().await, 0);
+    engine.stop(Duration::from_secs(5)).await;
+}
+
 /// Series in a `/metrics` text (lines that are not comments).
 fn series(text: &str) -> usize {
     text.lines()

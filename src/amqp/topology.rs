@@ -33,6 +33,14 @@ pub fn class_queue(class: &str) -> String {
     format!("{EXCHANGE}.{class}")
 }
 
+/// The class whose queue `queue` is (the inverse of [`class_queue`]); `None`
+/// for every other queue (delay queues, `herald.dlq`, `herald.unrouted`).
+pub fn class_of_queue(queue: &str) -> Option<&str> {
+    let class = queue.strip_prefix(EXCHANGE)?.strip_prefix('.')?;
+    (!class.is_empty() && !class.contains('.') && queue != DLQ && queue != UNROUTED_QUEUE)
+        .then_some(class)
+}
+
 /// `herald.<class>.delay.<ms>`.
 pub fn delay_queue(class: &str, delay_ms: u64) -> String {
     format!("{EXCHANGE}.{class}.delay.{delay_ms}")
@@ -166,6 +174,20 @@ pub async fn declare(ch: &Channel, classes: &[ClassTopology]) -> lapin::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_class_queue_names_its_class_and_no_other_queue_does() {
+        assert_eq!(class_of_queue(&class_queue("otp")), Some("otp"));
+        for other in [
+            DLQ,
+            UNROUTED_QUEUE,
+            "herald.otp.delay.1000",
+            "herald.",
+            "other.otp",
+        ] {
+            assert_eq!(class_of_queue(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn names_and_priorities() {
