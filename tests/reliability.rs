@@ -556,6 +556,11 @@ async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() 
         "exit status {status}; log:\n{}",
         rig.log_tail()
     );
+    // A clean stop logs no error (lapin used to log a connection ERROR for
+    // a channel closing as the connection did).
+    let log = std::fs::read_to_string(&rig.log).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "errors at a clean stop: {errors:#?}");
     let _herald = rig.start().await;
     let r = settle(&rig.world, &published, 180).await;
     eprintln!("sigterm: {}", summary(&r, n));

@@ -60,8 +60,8 @@ pub struct Running {
     /// Notified once when the consumer's stream ends.
     pub done: Arc<tokio::sync::Notify>,
     /// Set before a cancel that leaves the connection up (a paused class):
-    /// the channel is closed once what it took is settled. (At shutdown the
-    /// connection's close takes the channels with it.)
+    /// the channel is closed once what it took is settled. (At shutdown
+    /// `LinkControl::close` closes the channels.)
     pub retired: Arc<AtomicBool>,
 }
 

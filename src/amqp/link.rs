@@ -168,9 +168,23 @@ impl LinkControl {
     }
 
     /// Closes the connection: whatever is still unacked returns to its queue.
+    ///
+    /// Its channels are closed first, each awaited, and the link's task is
+    /// gone before the connection closes: lapin closes a channel by itself
+    /// when its last handle drops, and one whose close is still queued when
+    /// the connection starts closing fails and is logged as a connection
+    /// ERROR, on every clean shutdown.
     pub async fn close(self) {
         self.link.stopping.store(true, Ordering::SeqCst);
+        let running = self.consumers.lock().clone();
+        for r in &running {
+            let _ = r.channel.close(200, "herald stopping".into()).await;
+        }
+        if let Some(publish) = self.link.publish_channel() {
+            let _ = publish.close(200, "herald stopping".into()).await;
+        }
         self.task.abort();
+        let _ = self.task.await;
         if let Some(conn) = self.link.clear() {
             let _ = conn.close(200, "herald stopping".into()).await;
         }
