@@ -99,24 +99,10 @@ async fn two_instances_handed_copies_of_one_event_at_once_send_it_once() {
     let conn = w.vhost.connect().await;
     // Both consume before anything is published (the broker then hands
     // the copies out in turn).
-    let ch = conn.create_channel().await.unwrap();
-    let consumers = || async {
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        ch.queue_declare("herald.weekly_checkin".into(), passive, Default::default())
-            .await
-            .map_or(0, |q| q.consumer_count())
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while consumers().await < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both instances consume"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    queue_reaching(&conn, "herald.weekly_checkin", 20, |(_, consumers)| {
+        consumers == 2
+    })
+    .await;
     let doubled: Vec<Vec<u8>> = sms_events("twin", N)
         .into_iter()
         .flat_map(|body| [body.clone(), body])

@@ -421,23 +421,8 @@ async fn a_letter_the_broker_dead_lettered_is_listed_by_class_and_replayed() {
     .unwrap()
     .await
     .unwrap();
-    let in_dlq = || async {
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        ch.queue_declare("herald.dlq".into(), passive, Default::default())
-            .await
-            .map_or(0, |q| q.message_count())
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while in_dlq().await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the broker dead-letters it"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The broker dead-letters it (the class queue names herald.dlq).
+    queue_reaching(&conn, "herald.dlq", 20, |(messages, _)| messages == 1).await;
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let api = Api::new(&engine);
     let letters = api.ok("GET", "/api/dlq", None).await;
@@ -466,7 +451,7 @@ async fn a_letter_the_broker_dead_lettered_is_listed_by_class_and_replayed() {
             .any(|m| m.body.contains("ref expired-1"))
     })
     .await;
-    assert_eq!(in_dlq().await, 0);
+    assert_eq!(queue_counts(&conn, "herald.dlq").await.0, 0);
     engine.stop(Duration::from_secs(5)).await;
 }
 

@@ -248,6 +248,43 @@ pub async fn drain_dlq(conn: &Connection) -> Vec<Letter> {
     out
 }
 
+/// A queue's (ready messages, consumers), read with a passive declare.
+pub async fn queue_counts(conn: &Connection, queue: &str) -> (u32, u32) {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .unwrap();
+    let _ = ch.close(200, "done".into()).await;
+    (q.message_count(), q.consumer_count())
+}
+
+/// Waits until `queue`'s (ready messages, consumers) satisfy `what`, or
+/// panics after `secs`.
+pub async fn queue_reaching(
+    conn: &Connection,
+    queue: &str,
+    secs: u64,
+    what: impl Fn((u32, u32)) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let counts = queue_counts(conn, queue).await;
+        if what(counts) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} stayed at (messages, consumers) {counts:?} for {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `what` holds, or panics after `secs`.
 pub async fn eventually(secs: u64, what: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
