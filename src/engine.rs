@@ -221,10 +221,13 @@ impl Engine {
         // Opened on the I/O runtime, where its statements run (its sockets
         // and pool tasks belong there).
         let url = config.store.url.clone();
+        // How long one of this process's calls may run: its claims' lease
+        // in the store, and how long the journal keeps a copy parked.
+        let lease = call_lease(&config);
         let store = crate::offload::run(async move { Store::open(&url).await })
             .await
             .ok_or(EngineError::StorePanicked)??
-            .with_call_lease(call_lease(&config));
+            .with_call_lease(lease);
         let shared = shared_pacing(&config, &metrics).await?;
 
         let classes = class_topology(&config);
@@ -276,7 +279,7 @@ impl Engine {
             }),
             JournalParams {
                 record_linger: RECORD_LINGER,
-                stale_after: call_lease(&config),
+                stale_after: lease,
             },
         ));
         for &channel in &used {
