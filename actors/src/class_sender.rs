@@ -119,12 +119,14 @@ impl ClassSender {
         }
     }
 
-    /// Submits waiting deliveries while the class's limiter allows.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
+    /// Submits waiting deliveries while the class's limiter allows. True
+    /// if some are left waiting for the limit; false if none are, or if
+    /// they wait for a restarting journal or provider instead.
+    fn pump(&mut self, ctx: &mut Context<Self>) -> bool {
         while !self.waiting.is_empty() {
             if let Err(wait) = self.limiter.try_acquire(Instant::now(), self.waiting.len()) {
                 self.wake_after(wait, ctx);
-                return;
+                return true;
             }
             let Deliver { job, ticket } = self.waiting.pop_front().expect("not empty");
             let submit = Submit {
@@ -141,9 +143,10 @@ impl ClassSender {
                     ticket: submit.ticket,
                 });
                 self.wake_after(PROVIDER_RETRY, ctx);
-                return;
+                return false;
             }
         }
+        false
     }
 
     /// Through the journal's claim when there is a delivery store, straight
@@ -342,8 +345,7 @@ impl Handler<Deliver> for ClassSender {
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
         self.waiting.push_back(msg);
-        self.pump(ctx);
-        if !self.waiting.is_empty() {
+        if self.pump(ctx) {
             self.registry.observe(Observe::RateLimited {
                 channel: self.params.channel,
                 class: self.params.class.clone(),

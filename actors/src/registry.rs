@@ -105,6 +105,11 @@ impl Registry {
         self.write().journal = Some(addr);
     }
 
+    /// The metrics actor, if it is running.
+    pub fn metrics(&self) -> Option<Addr<MetricsActor>> {
+        self.read().metrics.clone()
+    }
+
     pub fn set_metrics(&self, addr: Addr<MetricsActor>) {
         self.write().metrics = Some(addr);
     }

@@ -248,12 +248,14 @@ impl Supervisor {
         let child = &mut self.children[i];
         child.running.handle.abort();
         warn!(actor = %child.spec.name, why, "restarting actor");
-        self.registry.observe(Observe::Restart {
-            actor: child.spec.kind,
-        });
         child.running = (child.spec.factory)();
         child.generation += 1;
         child.pinging = false;
+        // Counted after the factory registered the fresh actor: a restart
+        // of the metrics actor itself is counted by its successor.
+        self.registry.observe(Observe::Restart {
+            actor: child.spec.kind,
+        });
     }
 }
 

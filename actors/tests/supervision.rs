@@ -116,6 +116,17 @@ async fn a_provider_that_dies_mid_send_hands_its_results_to_nobody_twice() {
 }
 
 #[actix_rt::test]
+async fn a_restart_of_the_metrics_actor_is_counted_too() {
+    let w = start(vec![class("c", 1, 6000)], Duration::ZERO);
+    wait_for(|| w.registry.metrics().is_some_and(|a| a.connected())).await;
+    let first = w.registry.metrics().unwrap();
+    first.do_send(Crash::Panic);
+    // Counted by the fresh actor (the report once went to the dying one).
+    wait_for(|| restarts(&w.metrics, "metrics") == 1).await;
+    assert!(!first.connected());
+}
+
+#[actix_rt::test]
 async fn a_class_at_its_limit_does_not_hold_up_another() {
     // "slow" may send 6 a minute, "fast" 6000: both share one provider.
     let w = start(
@@ -162,6 +173,36 @@ async fn a_class_at_its_limit_does_not_hold_up_another() {
             .get()
             >= 48
     );
+}
+
+#[actix_rt::test]
+async fn a_delivery_waiting_for_a_restarting_provider_is_not_counted_rate_limited() {
+    let w = start(vec![class("c", 1, 600_000)], Duration::ZERO);
+    wait_for(|| w.registry.provider(Channel::Sms).is_some()).await;
+    let live = w.registry.provider(Channel::Sms).unwrap();
+    // The provider as the class sender finds it mid-restart: registered,
+    // its mailbox closed.
+    let closed =
+        actix::AsyncContext::address(&actix::Context::<herald_actors::provider::Provider>::new());
+    w.registry.set_provider(Channel::Sms, closed);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    w.registry
+        .sender(Channel::Sms, "c")
+        .unwrap()
+        .do_send(Deliver {
+            job: job("e0", "c"),
+            ticket: Ticket::new(tx),
+        });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.recorder.sent.lock().unwrap().is_empty());
+    w.registry.set_provider(Channel::Sms, live);
+    wait_for(|| w.recorder.sent.lock().unwrap().len() == 1).await;
+    let limited = w
+        .metrics
+        .rate_limited
+        .with_label_values(&["sms", "c"])
+        .get();
+    assert_eq!(limited, 0, "it waited for the provider, not for its limit");
 }
 
 #[actix_rt::test]
