@@ -141,7 +141,7 @@ fn store_error(e: crate::store::StoreError) -> HttpResponse {
 }
 
 async fn message(state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
-    match state.store.message(&id).await {
+    match state.store.event(&id).await {
         Ok(Some(view)) => HttpResponse::Ok().json(view),
         Ok(None) => HttpResponse::NotFound().json(serde_json::json!({"error": "no such event"})),
         Err(e) => store_error(e),

@@ -229,19 +229,12 @@ async fn status(cfg: Config, id: String) -> anyhow::Result<()> {
     let store = herald::store::Store::open(&cfg.store.url)
         .await
         .context("opening the delivery store")?;
-    let found = store.message(&id).await?;
-    let held = store.scheduled(&id).await?;
+    let found = store.event(&id).await;
     store.close().await;
-    if found.is_none() && held.is_empty() {
+    let Some(view) = found? else {
         bail!("no delivery record for event {id:?}");
-    }
-    if let Some(view) = found {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-    }
-    // An event waiting for its time (send_at, local time, quiet hours).
-    for entry in held {
-        println!("{}", serde_json::to_string_pretty(&entry)?);
-    }
+    };
+    println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }
 

@@ -23,6 +23,36 @@ fn event_in(id: &str, phone: Option<&str>, email: Option<&str>, timezone: &str) 
     serde_json::to_vec(&v).unwrap()
 }
 
+const ADMIN: &str = "admin-secret";
+
+/// `GET /api/messages/{id}`, which must answer 200.
+async fn event_view(engine: &Engine, id: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/messages/{id}", engine.http_addr))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// `herald status ID` on the world's store, which must succeed.
+fn status_command(w: &World, id: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["status", id])
+        .env("HERALD_STORE_URL", &w.config.store.url)
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Waits until the store holds `id` and returns its due time and reason.
 async fn held(engine: &Engine, id: &str) -> (DateTime<Utc>, String) {
     for _ in 0..100 {
@@ -114,7 +144,8 @@ async fn an_sms_at_23_00_waits_for_08_00_through_a_restart_and_critical_goes_at_
 
 #[actix_rt::test]
 async fn send_at_survives_a_restart_and_goes_out_within_a_second_of_its_time() {
-    let w = World::new();
+    let mut w = World::new();
+    w.config.admin_token = Some(ADMIN.to_owned());
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let conn = w.vhost.connect().await;
     let at = Utc::now() + chrono::Duration::seconds(4);
@@ -127,6 +158,13 @@ async fn send_at_survives_a_restart_and_goes_out_within_a_second_of_its_time() {
         (due.timestamp_millis(), reason.as_str()),
         (at.timestamp_millis(), "send_at")
     );
+    // Both views show the waiting event, though it has no delivery record.
+    let api = event_view(&engine, "later-1").await;
+    assert_eq!(api["status"], "held", "{api}");
+    assert_eq!(api["class"], "weekly_checkin", "{api}");
+    assert_eq!(api["held"][0]["reason"], "send_at", "{api}");
+    assert_eq!(api["held"][0]["due_at_ms"], at.timestamp_millis(), "{api}");
+    assert_eq!(status_command(&w, "later-1"), api);
     engine.stop(Duration::from_secs(5)).await;
     assert_eq!(w.twilio.request_count(), 0);
 
@@ -136,6 +174,17 @@ async fn send_at_survives_a_restart_and_goes_out_within_a_second_of_its_time() {
     let received_ms = received.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
     let late = received_ms - at.timestamp_millis();
     assert!((0..1000).contains(&late), "sent {late} ms after send_at");
+    let mut api = event_view(&engine, "later-1").await;
+    for _ in 0..50 {
+        if api["status"] == "sent" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        api = event_view(&engine, "later-1").await;
+    }
+    assert_eq!(api["status"], "sent", "{api}");
+    assert_eq!(api["held"], serde_json::json!([]), "{api}");
+    assert_eq!(api["attempt_log"].as_array().unwrap().len(), 1, "{api}");
     engine.stop(Duration::from_secs(5)).await;
 }
 

@@ -42,9 +42,9 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 pub use error::StoreError;
 pub use model::{
-    millis, now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost,
+    millis, now_ms, AttemptView, AuditView, ChannelCost, Claim, ClaimOutcome, ClassCost, EventView,
     FrequencyCap, KeptEvent, MessageView, Outcome, Receipt, ReceiptOutcome, Record, ScheduledEvent,
-    Status, SuppressionAction, SuppressionChange, SuppressionView, UserCost,
+    Status, SuppressionAction, SuppressionChange, SuppressionView, UserCost, Waiting,
 };
 
 /// How long an accepted SMS's event is kept for a fallback on an
@@ -453,6 +453,14 @@ impl Store {
     /// released).
     pub async fn release(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         dispatch!(self, write release(event_id, now_ms))
+    }
+
+    /// One event as `herald status` and the admin API show it: its record
+    /// and its held entries; `None` if it has neither.
+    pub async fn event(&self, event_id: &str) -> Result<Option<EventView>, StoreError> {
+        let record = self.message(event_id).await?;
+        let held = self.scheduled(event_id).await?;
+        Ok(EventView::of(record, held))
     }
 
     /// One event's record with its attempts, oldest first.

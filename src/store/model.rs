@@ -443,6 +443,60 @@ pub struct MessageView {
     pub attempt_log: Vec<AttemptView>,
 }
 
+/// What `herald status` and `GET /api/messages/{id}` show of one event:
+/// its delivery record, with the entries it has waiting for a time
+/// (`send_at`, local-time delivery, quiet hours) in `held`. An event that
+/// has only waited so far has no delivery record yet; it shows the status
+/// `held` with its class, user, channel and attempts taken from its entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EventView {
+    Recorded {
+        #[serde(flatten)]
+        record: Box<MessageView>,
+        held: Vec<ScheduledEvent>,
+    },
+    Held {
+        event_id: String,
+        class: String,
+        user_id: String,
+        channel: String,
+        status: Waiting,
+        attempts: u32,
+        held: Vec<ScheduledEvent>,
+    },
+}
+
+/// The status of an event that has only waited so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Waiting {
+    Held,
+}
+
+impl EventView {
+    /// The view of an event's record and held entries; `None` if it has
+    /// neither.
+    pub fn of(record: Option<MessageView>, held: Vec<ScheduledEvent>) -> Option<EventView> {
+        match (record, held.first()) {
+            (Some(record), _) => Some(EventView::Recorded {
+                record: Box::new(record),
+                held,
+            }),
+            (None, Some(first)) => Some(EventView::Held {
+                event_id: first.event_id.clone(),
+                class: first.class.clone(),
+                user_id: first.user_id.clone(),
+                channel: first.channel.clone(),
+                status: Waiting::Held,
+                attempts: first.attempt,
+                held,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// One provider attempt.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptView {
