@@ -37,22 +37,6 @@ async fn event_view(engine: &Engine, id: &str) -> serde_json::Value {
     response.json().await.unwrap()
 }
 
-/// `herald status ID` on the world's store, which must succeed.
-fn status_command(w: &World, id: &str) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["status", id])
-        .env("HERALD_STORE_URL", &w.config.store.url)
-        .env_remove("HERALD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Waits until the store holds `id` and returns its due time and reason.
 async fn held(engine: &Engine, id: &str) -> (DateTime<Utc>, String) {
     for _ in 0..100 {
@@ -164,7 +148,7 @@ async fn send_at_survives_a_restart_and_goes_out_within_a_second_of_its_time() {
     assert_eq!(api["class"], "weekly_checkin", "{api}");
     assert_eq!(api["held"][0]["reason"], "send_at", "{api}");
     assert_eq!(api["held"][0]["due_at_ms"], at.timestamp_millis(), "{api}");
-    assert_eq!(status_command(&w, "later-1"), api);
+    assert_eq!(status_json(&w.config.store.url, "later-1"), api);
     engine.stop(Duration::from_secs(5)).await;
     assert_eq!(w.twilio.request_count(), 0);
 

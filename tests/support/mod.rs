@@ -340,3 +340,24 @@ pub fn metric_in(text: &str, series: &str) -> f64 {
         })
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
+
+/// `herald status ID` against the store at `store_url`, with no config file.
+pub fn herald_status(store_url: &str, id: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["status", id])
+        .env("HERALD_STORE_URL", store_url)
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// What [`herald_status`] printed, which must have succeeded.
+pub fn status_json(store_url: &str, id: &str) -> serde_json::Value {
+    let out = herald_status(store_url, id);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
