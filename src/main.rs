@@ -232,7 +232,10 @@ async fn status(cfg: Config, id: String) -> anyhow::Result<()> {
     let found = store.event(&id).await;
     store.close().await;
     let Some(view) = found? else {
-        bail!("no delivery record for event {id:?}");
+        bail!(
+            "no delivery record for event {id:?} (an event rejected as bad input has none: \
+             it is in the dead-letter queue with its reason, `herald dlq list`)"
+        );
     };
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
