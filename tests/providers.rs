@@ -99,6 +99,51 @@ fn closed_port_url() -> String {
     format!("http://{addr}")
 }
 
+/// A server that reads each request and closes the connection without an
+/// answer for the first `drop_first` of them, then answers as Resend does
+/// (200 with an id). Returns its URL and each request's `Idempotency-Key`
+/// (empty when it had none), in order.
+fn dropping_server(drop_first: usize) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = keys.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut key, mut length) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "idempotency-key" => key = value.trim().to_owned(),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            seen.lock().unwrap().push(key);
+            if n < drop_first {
+                continue; // the connection closes unanswered
+            }
+            let answer = r#"{"id":"4ef9a417-02e9-4d39-ad75-9611e0fcc33c"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, keys)
+}
+
 // ---------------------------------------------------------------- Twilio
 
 #[actix_rt::test]
@@ -523,6 +568,35 @@ async fn resend_connection_refused_is_transport() {
     let err = client.send(email(EMAIL, "evt-down")).await.unwrap_err();
     assert_eq!(err.kind, FailureKind::Transport, "{err}");
     assert_clean(&err, EMAIL);
+}
+
+#[tokio::test]
+async fn resend_asks_again_with_the_same_key_when_the_connection_drops_mid_request() {
+    let (url, keys) = dropping_server(1);
+    let client = resend_at(&url, API_KEY, Duration::from_secs(5));
+    let receipt = client.send(email(EMAIL, "evt-drop")).await.unwrap();
+    assert_eq!(receipt.provider_id, "4ef9a417-02e9-4d39-ad75-9611e0fcc33c");
+    assert_eq!(*keys.lock().unwrap(), ["evt-drop", "evt-drop"]);
+}
+
+#[tokio::test]
+async fn resend_asks_again_only_once_and_twilio_never() {
+    let (url, keys) = dropping_server(usize::MAX);
+    let err = resend_at(&url, API_KEY, Duration::from_secs(5))
+        .send(email(EMAIL, "evt-drop"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transport, "{err}");
+    assert_clean(&err, EMAIL);
+    assert_eq!(keys.lock().unwrap().len(), 2);
+    // An SMS has no idempotency key: asked again, it could go out twice.
+    let (url, keys) = dropping_server(usize::MAX);
+    let err = twilio_at(&url, TOKEN, Duration::from_secs(5))
+        .send(sms(PHONE))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transport, "{err}");
+    assert_eq!(keys.lock().unwrap().len(), 1);
 }
 
 /// resend-rs's own limiter allows a burst of 9, then one request per 1.1 s;

@@ -19,7 +19,10 @@
 //! - **Retries.** `emails.send` never retries. The crate offers
 //!   `rate_limit::send_with_retry` / `retry!` (opt-in, and they block the
 //!   thread with `std::thread::sleep`); herald does not use them: retries go
-//!   through the broker.
+//!   through the broker. The one exception is a connection dropped after
+//!   the request went out: asked again at once, once, with the same
+//!   `Idempotency-Key` (Resend answers a repeated key with the first
+//!   result). SMS has no such key, so the Twilio client never does this.
 //! - **What errors keep.** A 429 becomes `Error::RateLimit` with the
 //!   `ratelimit-limit/-remaining/-reset` headers but not `Retry-After`:
 //!   `retry_after` is taken from `ratelimit-reset` (seconds). Other 4xx/5xx
@@ -116,10 +119,18 @@ impl ResendClient {
         let result = if msg.idempotency_key.is_empty() {
             resend.emails.send(email).await
         } else {
-            resend
-                .emails
-                .send(email.with_idempotency_key(&msg.idempotency_key))
-                .await
+            let email = email.with_idempotency_key(&msg.idempotency_key);
+            match resend.emails.send(email.clone()).await {
+                // The connection dropped after the request went out (a
+                // pooled connection the server had just closed, a reset):
+                // Resend may or may not have it. The same Idempotency-Key
+                // makes asking again safe, and spares the email a retry
+                // through the broker, a class's base delay later.
+                Err(resend_rs::Error::Http(e)) if dropped_mid_request(&e) => {
+                    resend.emails.send(email).await
+                }
+                result => result,
+            }
         };
         match result {
             Ok(created) => Ok(Receipt {
@@ -162,6 +173,12 @@ fn check_rate_limit_env() -> Result<(), SetupError> {
             }),
         },
     }
+}
+
+/// A request that failed on its connection after it was sent: not a
+/// refused connection, a timeout or an unreadable answer.
+fn dropped_mid_request(e: &reqwest::Error) -> bool {
+    e.is_request() && !e.is_connect() && !e.is_timeout()
 }
 
 /// Maps a resend-rs error to herald's failure kinds.
