@@ -113,21 +113,24 @@ impl ResendClient {
             .build();
         let resend = Resend::with_config(config);
 
-        let to = recipient(&msg.to, msg.to_name.as_deref());
-        let email = CreateEmailBaseOptions::new(inner.from.as_str(), [to], msg.subject.as_str())
-            .with_text(&msg.body);
+        let email = || {
+            let to = recipient(&msg.to, msg.to_name.as_deref());
+            CreateEmailBaseOptions::new(inner.from.as_str(), [to], msg.subject.as_str())
+                .with_text(&msg.body)
+        };
         let result = if msg.idempotency_key.is_empty() {
-            resend.emails.send(email).await
+            resend.emails.send(email()).await
         } else {
-            let email = email.with_idempotency_key(&msg.idempotency_key);
-            match resend.emails.send(email.clone()).await {
+            let keyed = || email().with_idempotency_key(&msg.idempotency_key);
+            match resend.emails.send(keyed()).await {
                 // The connection dropped after the request went out (a
                 // pooled connection the server had just closed, a reset):
                 // Resend may or may not have it. The same Idempotency-Key
                 // makes asking again safe, and spares the email a retry
-                // through the broker, a class's base delay later.
+                // through the broker, a class's base delay later. (Built
+                // again only then: no copy of every email on the way.)
                 Err(resend_rs::Error::Http(e)) if dropped_mid_request(&e) => {
-                    resend.emails.send(email).await
+                    resend.emails.send(keyed()).await
                 }
                 result => result,
             }
