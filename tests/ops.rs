@@ -22,43 +22,6 @@ fn world() -> World {
     w
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(engine: &Engine) -> Api {
-        Api {
-            base: format!("http://{}", engine.http_addr),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body).await;
-        assert_eq!(status, 200, "{method} {path}: {v}");
-        v
-    }
-}
-
 fn sent_with(w: &World, prefix: &str) -> Vec<String> {
     w.twilio
         .sent()
@@ -120,7 +83,7 @@ async fn every_api_route_refuses_a_missing_or_wrong_token_and_guessing_is_slowed
 async fn a_paused_class_takes_nothing_and_on_resume_sends_everything_once() {
     let w = world();
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let conn = w.vhost.connect().await;
     let paused = r#"herald_class_paused{class="weekly_checkin"}"#;
     assert_eq!(metric(engine.http_addr, paused).await, 0.0);
@@ -172,7 +135,7 @@ async fn pausing_returns_deliveries_waiting_for_the_rate_limit_and_loses_none() 
     let mut w = world();
     w.class_mut("weekly_checkin").rate_limit.sms = 60;
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let conn = w.vhost.connect().await;
     publish_many(&conn, "weekly_checkin", &sms_events("held", 10)).await;
     eventually(10, || !sent_with(&w, "held").is_empty()).await;
@@ -205,7 +168,7 @@ async fn a_live_rate_change_shows_in_metrics_and_in_the_pace() {
     let mut w = world();
     w.class_mut("weekly_checkin").rate_limit.sms = 30; // one every 2 s
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let conn = w.vhost.connect().await;
     let limit = r#"herald_rate_limit_per_minute{channel="sms",class="weekly_checkin"}"#;
     assert_eq!(metric(engine.http_addr, limit).await, 30.0);
@@ -264,7 +227,7 @@ async fn reload_applies_a_valid_file_and_keeps_the_old_config_on_a_bad_one() {
     w.class_mut("milestone_reminder").rate_limit =
         shipped_config.classes["milestone_reminder"].rate_limit;
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let file = w.dir.path().join("herald.toml");
     let (status, v) = api.call("POST", "/api/reload", None).await;
     assert_eq!(status, 409, "no file to reload yet: {v}");
@@ -332,7 +295,7 @@ async fn dead_letters_are_listed_masked_replayed_by_id_and_purged_by_class() {
         w.twilio.script_for(n, vec![FakeResponse::Status(503); 3]);
     }
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let conn = w.vhost.connect().await;
     publish_raw(
         &conn,
@@ -424,7 +387,7 @@ async fn a_letter_the_broker_dead_lettered_is_listed_by_class_and_replayed() {
     // The broker dead-letters it (the class queue names herald.dlq).
     queue_reaching(&conn, "herald.dlq", 20, |(messages, _)| messages == 1).await;
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let letters = api.ok("GET", "/api/dlq", None).await;
     let letters = letters.as_array().unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -545,7 +508,7 @@ impl Drop for Prometheus {
 async fn prometheus_scrapes_what_was_sent_and_what_waits() {
     let w = world();
     let engine = Engine::start(w.config.clone()).await.unwrap();
-    let api = Api::new(&engine);
+    let api = Api::new(&engine, TOKEN);
     let prom = Prometheus::scraping(engine.http_addr);
     let conn = w.vhost.connect().await;
     publish_many(&conn, "weekly_checkin", &sms_events("prom", 25)).await;

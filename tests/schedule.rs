@@ -27,14 +27,8 @@ const ADMIN: &str = "admin-secret";
 
 /// `GET /api/messages/{id}`, which must answer 200.
 async fn event_view(engine: &Engine, id: &str) -> serde_json::Value {
-    let response = reqwest::Client::new()
-        .get(format!("http://{}/api/messages/{id}", engine.http_addr))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    let path = format!("/api/messages/{id}");
+    Api::new(engine, ADMIN).ok("GET", &path, None).await
 }
 
 /// Waits until the store holds `id` and returns its due time and reason.
