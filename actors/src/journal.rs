@@ -20,9 +20,9 @@
 //! `AlreadySent` and `AlreadyFinal` are acked without a second provider
 //! call, and `InFlightElsewhere` (another herald process sharing the store
 //! may still be sending the event) is held, unacked, and claimed again after
-//! [`IN_FLIGHT_RECHECK`]. A record that carries a ticket acks it only once committed. If the
-//! store fails, the batch waits and is tried again; tickets stay held, so
-//! nothing is acked before it is durable.
+//! [`IN_FLIGHT_RECHECK`]. A record that carries a ticket acks it only once
+//! committed. If the store fails, the batch waits and is tried again;
+//! tickets stay held, so nothing is acked before it is durable.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

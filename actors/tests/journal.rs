@@ -32,6 +32,13 @@ struct MemoryLog {
     shapes: Mutex<Vec<(usize, usize)>>,
 }
 
+impl MemoryLog {
+    /// Stores `id` as already in `status`.
+    fn set(&self, id: &str, status: &'static str) {
+        self.status.lock().unwrap().insert(id.into(), status);
+    }
+}
+
 struct Log(Arc<MemoryLog>);
 
 impl DeliveryLog for Log {
@@ -164,10 +171,7 @@ async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
 #[actix_rt::test]
 async fn an_event_another_process_is_sending_is_held_and_claimed_again() {
     let log = Arc::new(MemoryLog::default());
-    log.status
-        .lock()
-        .unwrap()
-        .insert("busy".into(), "elsewhere");
+    log.set("busy", "elsewhere");
     let w = with_journal(&log);
     ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -176,7 +180,7 @@ async fn an_event_another_process_is_sending_is_held_and_claimed_again() {
     assert!(rx.try_recv().is_err(), "held, neither acked nor requeued");
     assert_eq!(w.recorder.sent.lock().unwrap().len(), 0, "not sent");
     // The other process's send is recorded: the next claim finds it sent.
-    log.status.lock().unwrap().insert("busy".into(), "sent");
+    log.set("busy", "sent");
     assert_eq!(next(&mut rx).await, Disposition::Ack);
     assert_eq!(w.recorder.sent.lock().unwrap().len(), 0);
     assert!(log.transactions.load(Ordering::SeqCst) >= 2);
@@ -185,10 +189,7 @@ async fn an_event_another_process_is_sending_is_held_and_claimed_again() {
 #[actix_rt::test]
 async fn an_unfinished_claim_is_counted_as_an_unknown_outcome_and_sent_again() {
     let log = Arc::new(MemoryLog::default());
-    log.status
-        .lock()
-        .unwrap()
-        .insert("crashed".into(), "sending");
+    log.set("crashed", "sending");
     let w = with_journal(&log);
     ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
