@@ -1070,22 +1070,25 @@ async fn concurrent_batches_all_commit(db: &Db) {
 // Throughput (ignored by default; run in release mode).
 
 async fn measure(db: &Db) {
-    const BATCH: usize = 500;
-    let batches: usize = std::env::var("HERALD_STORE_BENCH_BATCHES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(40);
+    let setting = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let batches = setting("HERALD_STORE_BENCH_BATCHES", 40);
+    let batch = setting("HERALD_STORE_BENCH_BATCH", 500);
     let store = &db.store;
     let mut claim_time = std::time::Duration::ZERO;
     let mut record_time = std::time::Duration::ZERO;
     for b in 0..batches {
-        let claims: Vec<Claim> = (0..BATCH)
+        let claims: Vec<Claim> = (0..batch)
             .map(|i| claim(&format!("evt-{b}-{i}"), "sms", 1, T0))
             .collect();
         let started = Instant::now();
         let outcomes = store.claim(&claims).await.unwrap();
         claim_time += started.elapsed();
-        assert_eq!(outcomes.len(), BATCH);
+        assert_eq!(outcomes.len(), batch);
         let records: Vec<Record> = claims
             .iter()
             .map(|c| record(&c.event_id, "sms", 1, sent("SM", 0.0075, 1), T0 + 1))
@@ -1094,9 +1097,9 @@ async fn measure(db: &Db) {
         store.record(&records).await.unwrap();
         record_time += started.elapsed();
     }
-    let events = (BATCH * batches) as f64;
+    let events = (batch * batches) as f64;
     println!(
-        "{}: {} batches of {BATCH}: claim {:.0} events/s, record {:.0} events/s, claim+record {:.0} events/s",
+        "{}: {} batches of {batch}: claim {:.0} events/s, record {:.0} events/s, claim+record {:.0} events/s",
         store.backend(),
         batches,
         events / claim_time.as_secs_f64(),
@@ -1123,6 +1126,87 @@ async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
         !std::path::Path::new(&wal).exists(),
         "{wal} left after close"
     );
+}
+
+/// Migration 0008 makes `messages` and `attempts` again (their CHECKs as
+/// comparisons): a SQLite store made before it keeps every row, the
+/// attempts still belong to their messages, and deleting a message still
+/// deletes its attempts.
+#[tokio::test]
+async fn a_sqlite_store_from_before_0008_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    // The migrations an earlier herald ran: every one before 0008.
+    let earlier = dir.path().join("migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0008" {
+            std::fs::copy(&path, earlier.join(&name)).unwrap();
+        }
+    }
+    let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, provider_id, \
+cost_usd, segments, created_at, updated_at, finished_at, delivery, delivery_rank) \
+VALUES ('old-1', 'otp', 'u1', 'sms', 'sent', 1, 'SM1', 0.0079, 1, 10, 20, 20, 'delivered', 3), \
+('old-2', 'digest', 'u2', 'email', 'sending', 1, NULL, 0, 0, 30, 30, NULL, NULL, 0); \
+INSERT INTO attempts (event_id, seq, attempt, channel, started_at, finished_at, outcome, \
+provider_id, cost_usd, owner, lease_until) \
+VALUES ('old-1', 1, 1, 'sms', 10, 20, 'sent', 'SM1', 0.0079, 'a', 15), \
+('old-2', 1, 1, 'email', 30, NULL, NULL, NULL, NULL, 'a', 45);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::open(&url).await.unwrap();
+    let done = view(&store, "old-1").await;
+    assert_eq!(
+        (done.status, done.provider_id.as_deref(), done.segments),
+        (Status::Sent, Some("SM1"), 1)
+    );
+    assert_eq!(done.delivery.as_deref(), Some("delivered"));
+    assert_eq!(done.attempt_log.len(), 1);
+    assert_eq!(done.attempt_log[0].outcome.as_deref(), Some("sent"));
+    let open = view(&store, "old-2").await;
+    assert_eq!(open.status, Status::Sending);
+    assert_eq!(open.attempt_log[0].finished_at_ms, None);
+    // The open attempt is still found and closed by its record.
+    store
+        .record(&[record("old-2", "email", 1, sent("re_1", 0.0, 1), T0)])
+        .await
+        .unwrap();
+    let closed = view(&store, "old-2").await;
+    assert_eq!(closed.status, Status::Sent);
+    assert_eq!(closed.attempt_log[0].outcome.as_deref(), Some("sent"));
+    store.close().await;
+
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let schema: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'messages'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(!schema.contains("status IN"), "{schema}");
+    sqlx::query("DELETE FROM messages WHERE event_id = 'old-1'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE event_id = 'old-1'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "attempts cascade with their message");
 }
 
 #[tokio::test]

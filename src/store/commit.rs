@@ -2,16 +2,16 @@
 //! of outcome records, then a batch of claims) and changes to the
 //! suppression list, which records also make.
 //!
-//! The commit writes with set statements (`sql::Bulk`): the first
-//! occurrence of each event in the batch goes in one statement per step,
-//! the rows as one JSON parameter; what those do not settle (events already
+//! The commit writes a step at a time over the whole batch (`sql::Bulk`,
+//! `Exec::bulk`): the first occurrence of each event in the batch goes in
+//! with each step's statement; what those do not settle (events already
 //! stored, an event repeated in the batch) falls to the per-event path, in
 //! batch order, so a later entry sees an earlier one's effect.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::exec::{args, Exec, Val};
+use super::exec::{args, Arg, Exec, Val};
 use super::model::{
     Claim, ClaimOutcome, FrequencyCap, KeptEvent, Outcome, Record, Status, SuppressionAction,
     SuppressionChange,
@@ -265,26 +265,13 @@ async fn change_suppression(db: &mut impl Exec, c: &SuppressionChange) -> Result
     Ok(n > 0)
 }
 
-/// Runs one of the dialect's bulk statements over `items`, each made a row
-/// by `row` (the rows go as one JSON array); returns the first column of
-/// each row the statement returns. No items, no statement.
-async fn bulk<'a, T, R: serde::Serialize>(
-    db: &mut impl Exec,
-    text: &'static str,
+/// The rows of a bulk statement ([`Exec::bulk`]): each item made a row
+/// by `row`.
+fn rows_of<'a, T, const N: usize>(
     items: &'a [T],
-    row: impl Fn(&'a T) -> R,
-) -> Result<Vec<String>, StoreError> {
-    if items.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<R> = items.iter().map(row).collect();
-    let json = serde_json::to_string(&rows).expect("rows serialise");
-    Ok(db
-        .rows(text, args![&json])
-        .await?
-        .into_iter()
-        .filter_map(|r| r.into_iter().next()?.into_text())
-        .collect())
+    row: impl Fn(&'a T) -> [Arg<'a>; N],
+) -> Vec<[Arg<'a>; N]> {
+    items.iter().map(row).collect()
 }
 
 /// Inserts the messages of events not yet stored; returns their ids.
@@ -293,25 +280,23 @@ async fn insert_new<'c>(
     dialect: &Dialect,
     claims: &[&'c Claim],
 ) -> Result<HashSet<&'c str>, StoreError> {
-    let inserted: HashSet<String> = bulk(db, dialect.bulk.claim_insert, claims, |c| {
-        let Claim {
-            event_id,
-            class,
-            user_id,
-            ..
-        } = c;
-        (
-            event_id,
-            class,
-            user_id,
-            c.channel,
-            c.fallback_from,
-            c.now_ms,
+    let inserted: HashSet<String> = db
+        .bulk_changed(
+            dialect.bulk.claim_insert,
+            &rows_of(claims, |c| {
+                *args![
+                    &c.event_id,
+                    &c.class,
+                    &c.user_id,
+                    c.channel,
+                    c.fallback_from,
+                    c.now_ms,
+                ]
+            }),
         )
-    })
-    .await?
-    .into_iter()
-    .collect();
+        .await?
+        .into_iter()
+        .collect();
     Ok(claims
         .iter()
         .map(|c| c.event_id.as_str())
@@ -328,18 +313,21 @@ async fn open_attempts(
     seq: i64,
 ) -> Result<(), StoreError> {
     let owner = &*claimer.owner;
-    bulk(db, dialect.bulk.insert_attempts, claims, |c| {
-        let lease_until = c.now_ms.saturating_add(claimer.lease_ms);
-        (
-            &c.event_id,
-            seq,
-            c.attempt,
-            c.channel,
-            c.now_ms,
-            owner,
-            lease_until,
-        )
-    })
+    db.bulk(
+        dialect.bulk.insert_attempts,
+        &rows_of(claims, |c| {
+            let lease_until = c.now_ms.saturating_add(claimer.lease_ms);
+            *args![
+                &c.event_id,
+                seq,
+                c.attempt,
+                c.channel,
+                c.now_ms,
+                owner,
+                lease_until,
+            ]
+        }),
+    )
     .await?;
     Ok(())
 }
@@ -438,25 +426,29 @@ async fn record_in(
         .iter()
         .filter_map(|r| Some((r.receipt_key()?, r)))
         .collect();
-    bulk(db, dialect.bulk.receipt_keys, &keyed, |(key, r)| {
-        (key, &r.event_id, r.now_ms)
-    })
+    db.bulk(
+        dialect.bulk.receipt_keys,
+        &rows_of(&keyed, |(key, r)| *args![*key, &r.event_id, r.now_ms]),
+    )
     .await?;
     let kept: Vec<(&Record, &KeptEvent)> = records
         .iter()
         .filter_map(|r| Some((r, r.keep_for_fallback.as_ref()?)))
         .collect();
-    bulk(db, dialect.bulk.keep_fallback, &kept, |(r, k)| {
-        (
-            &r.event_id,
-            &r.class,
-            &r.user_id,
-            k.priority,
-            k.published_at_ms,
-            hex::encode(&k.body),
-            r.now_ms,
-        )
-    })
+    db.bulk(
+        dialect.bulk.keep_fallback,
+        &rows_of(&kept, |(r, k)| {
+            *args![
+                &r.event_id,
+                &r.class,
+                &r.user_id,
+                i64::from(k.priority),
+                k.published_at_ms,
+                k.body.as_slice(),
+                r.now_ms,
+            ]
+        }),
+    )
     .await?;
     Ok(())
 }
@@ -467,19 +459,22 @@ async fn close_attempts(
     dialect: &Dialect,
     records: &[&Record],
 ) -> Result<(), StoreError> {
-    bulk(db, dialect.bulk.close_attempts, records, |r| {
-        let w = Written::of(r);
-        (
-            &r.event_id,
-            r.channel,
-            r.attempt,
-            r.now_ms,
-            r.outcome.attempt_outcome(),
-            r.outcome.error(),
-            w.provider_id,
-            w.cost_usd,
-        )
-    })
+    db.bulk(
+        dialect.bulk.close_attempts,
+        &rows_of(records, |r| {
+            let w = Written::of(r);
+            *args![
+                &r.event_id,
+                r.channel,
+                r.attempt,
+                r.now_ms,
+                r.outcome.attempt_outcome(),
+                r.outcome.error(),
+                w.provider_id,
+                w.cost_usd,
+            ]
+        }),
+    )
     .await?;
     Ok(())
 }
@@ -491,19 +486,23 @@ async fn move_sent(
     records: &[&Record],
     moved: &mut HashSet<String>,
 ) -> Result<(), StoreError> {
-    let ids = bulk(db, dialect.bulk.record_sent, records, |r| {
-        let w = Written::of(r);
-        let cost = w.cost_usd.unwrap_or(0.0);
-        (
-            &r.event_id,
-            r.channel,
-            w.provider_id,
-            cost,
-            w.segments,
-            r.now_ms,
+    let ids = db
+        .bulk_changed(
+            dialect.bulk.record_sent,
+            &rows_of(records, |r| {
+                let w = Written::of(r);
+                let cost = w.cost_usd.unwrap_or(0.0);
+                *args![
+                    &r.event_id,
+                    r.channel,
+                    w.provider_id,
+                    cost,
+                    w.segments,
+                    r.now_ms,
+                ]
+            }),
         )
-    })
-    .await?;
+        .await?;
     moved.extend(ids);
     Ok(())
 }
@@ -516,21 +515,25 @@ async fn move_other(
     records: &[&Record],
     moved: &mut HashSet<String>,
 ) -> Result<(), StoreError> {
-    let ids = bulk(db, dialect.bulk.record_other, records, |r| {
-        let w = Written::of(r);
-        let (reason, error) = (r.outcome.reason(), r.outcome.error());
-        let status = w.status.as_str();
-        (
-            &r.event_id,
-            r.channel,
-            status,
-            reason,
-            error,
-            w.finished_at,
-            r.now_ms,
+    let ids = db
+        .bulk_changed(
+            dialect.bulk.record_other,
+            &rows_of(records, |r| {
+                let w = Written::of(r);
+                let (reason, error) = (r.outcome.reason(), r.outcome.error());
+                let status = w.status.as_str();
+                *args![
+                    &r.event_id,
+                    r.channel,
+                    status,
+                    reason,
+                    error,
+                    w.finished_at,
+                    r.now_ms,
+                ]
+            }),
         )
-    })
-    .await?;
+        .await?;
     moved.extend(ids);
     Ok(())
 }

@@ -22,7 +22,21 @@ use super::StoreError;
 pub(crate) enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
-    Real(f64),
+    Real(Option<f64>),
+    Blob(&'a [u8]),
+}
+
+/// A row of a set statement on PostgreSQL: the values as JSON, a blob as
+/// its hex (the statement decodes it).
+impl serde::Serialize for Arg<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Arg::Text(v) => v.serialize(s),
+            Arg::Int(v) => v.serialize(s),
+            Arg::Real(v) => v.serialize(s),
+            Arg::Blob(v) => s.serialize_str(&hex::encode(v)),
+        }
+    }
 }
 
 impl<'a> From<&'a str> for Arg<'a> {
@@ -57,7 +71,25 @@ impl From<Option<i64>> for Arg<'_> {
 
 impl From<f64> for Arg<'_> {
     fn from(v: f64) -> Self {
+        Arg::Real(Some(v))
+    }
+}
+
+impl From<Option<f64>> for Arg<'_> {
+    fn from(v: Option<f64>) -> Self {
         Arg::Real(v)
+    }
+}
+
+impl From<u32> for Arg<'_> {
+    fn from(v: u32) -> Self {
+        Arg::Int(Some(v.into()))
+    }
+}
+
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Arg::Blob(v)
     }
 }
 
@@ -96,8 +128,29 @@ impl Val {
     }
 }
 
-/// The statements of one transaction. Neither method commits.
+/// The statements of one transaction. No method commits.
 pub(crate) trait Exec {
+    /// Runs one of the hot path's statements (`sql::Bulk`) over a batch,
+    /// each row its values in the order the statement names them.
+    /// PostgreSQL runs one set statement with the rows as one JSON array;
+    /// SQLite runs a one-row statement per row (in the process, a row costs
+    /// no round trip, and no JSON is written or read). No rows, no
+    /// statement.
+    fn bulk<const N: usize>(
+        &mut self,
+        sql: &'static str,
+        rows: &[[Arg<'_>; N]],
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// [`Exec::bulk`], returning the first value of each row that changed
+    /// the store (its event id): on PostgreSQL what the statement's
+    /// `RETURNING` names, on SQLite each row whose statement changed one.
+    fn bulk_changed<const N: usize>(
+        &mut self,
+        sql: &'static str,
+        rows: &[[Arg<'_>; N]],
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>>;
+
     /// Runs `sql` and returns every row it yields, each its columns in order.
     fn rows(
         &mut self,
@@ -126,6 +179,7 @@ fn pg_query<'q>(
             Arg::Text(v) => q.bind(v),
             Arg::Int(v) => q.bind(v),
             Arg::Real(v) => q.bind(v),
+            Arg::Blob(v) => q.bind(v),
         };
     }
     q
@@ -147,7 +201,40 @@ fn pg_val(row: &PgRow, i: usize) -> Result<Val, StoreError> {
     })
 }
 
+/// The rows of a set statement: one JSON array of arrays.
+fn pg_rows<const N: usize>(rows: &[[Arg<'_>; N]]) -> String {
+    let rows: Vec<&[Arg<'_>]> = rows.iter().map(|r| r.as_slice()).collect();
+    serde_json::to_string(&rows).expect("rows serialise")
+}
+
 impl Exec for PgExec {
+    async fn bulk<const N: usize>(
+        &mut self,
+        sql: &'static str,
+        rows: &[[Arg<'_>; N]],
+    ) -> Result<(), StoreError> {
+        if !rows.is_empty() {
+            self.run(sql, args![&pg_rows(rows)]).await?;
+        }
+        Ok(())
+    }
+
+    async fn bulk_changed<const N: usize>(
+        &mut self,
+        sql: &'static str,
+        rows: &[[Arg<'_>; N]],
+    ) -> Result<Vec<String>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .rows(sql, args![&pg_rows(rows)])
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next()?.into_text())
+            .collect())
+    }
+
     async fn rows(
         &mut self,
         sql: &'static str,
@@ -174,34 +261,103 @@ impl Exec for PgExec {
 pub(crate) struct LiteExec<'c>(pub &'c rusqlite::Connection);
 
 impl LiteExec<'_> {
-    /// The statement with `args` bound to its `$N` parameters (SQLite names
-    /// them; a `$N` used twice is one parameter).
+    /// The statement, from the connection's cache, and for each of its
+    /// parameters the index of its value in `args` (SQLite names the `$N`
+    /// parameters; a `$N` used twice is one parameter).
+    fn prepared(
+        &self,
+        sql: &'static str,
+        width: usize,
+    ) -> Result<(rusqlite::CachedStatement<'_>, Vec<usize>), StoreError> {
+        let stmt = self.0.prepare_cached(sql)?;
+        let places = (1..=stmt.parameter_count())
+            .map(|i| {
+                stmt.parameter_name(i)
+                    .and_then(|name| name.strip_prefix('$')?.parse::<usize>().ok())
+                    .filter(|n| (1..=width).contains(n))
+                    .map(|n| n - 1)
+                    .ok_or_else(|| StoreError::Unexpected {
+                        column: "statement parameters",
+                        value: format!("parameter {i} of {sql:?}"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((stmt, places))
+    }
+
+    /// The statement with `args` bound to its `$N` parameters.
     fn bound(
         &self,
         sql: &'static str,
         args: &[Arg<'_>],
     ) -> Result<rusqlite::CachedStatement<'_>, StoreError> {
-        let mut stmt = self.0.prepare_cached(sql)?;
-        for i in 1..=stmt.parameter_count() {
-            let n: usize = stmt
-                .parameter_name(i)
-                .and_then(|name| name.strip_prefix('$')?.parse().ok())
-                .filter(|n| (1..=args.len()).contains(n))
-                .ok_or_else(|| StoreError::Unexpected {
-                    column: "statement parameters",
-                    value: format!("parameter {i} of {sql:?}"),
-                })?;
-            match args[n - 1] {
-                Arg::Text(v) => stmt.raw_bind_parameter(i, v)?,
-                Arg::Int(v) => stmt.raw_bind_parameter(i, v)?,
-                Arg::Real(v) => stmt.raw_bind_parameter(i, v)?,
+        let (mut stmt, places) = self.prepared(sql, args.len())?;
+        bind(&mut stmt, &places, args)?;
+        Ok(stmt)
+    }
+
+    /// Runs the one-row statement `sql` once per row; calls `changed` with
+    /// each row that changed the store.
+    fn each<'r, 'a, const N: usize>(
+        &self,
+        sql: &'static str,
+        rows: &'r [[Arg<'a>; N]],
+        mut changed: impl FnMut(&'r [Arg<'a>; N]),
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (mut stmt, places) = self.prepared(sql, N)?;
+        for row in rows {
+            bind(&mut stmt, &places, row)?;
+            if stmt.raw_execute()? > 0 {
+                changed(row);
             }
         }
-        Ok(stmt)
+        Ok(())
     }
 }
 
+/// Binds `args[places[i]]` to each parameter `i + 1`.
+fn bind(
+    stmt: &mut rusqlite::Statement<'_>,
+    places: &[usize],
+    args: &[Arg<'_>],
+) -> Result<(), StoreError> {
+    for (i, &place) in places.iter().enumerate() {
+        match args[place] {
+            Arg::Text(v) => stmt.raw_bind_parameter(i + 1, v)?,
+            Arg::Int(v) => stmt.raw_bind_parameter(i + 1, v)?,
+            Arg::Real(v) => stmt.raw_bind_parameter(i + 1, v)?,
+            Arg::Blob(v) => stmt.raw_bind_parameter(i + 1, v)?,
+        }
+    }
+    Ok(())
+}
+
 impl Exec for LiteExec<'_> {
+    async fn bulk<const N: usize>(
+        &mut self,
+        sql: &'static str,
+        rows: &[[Arg<'_>; N]],
+    ) -> Result<(), StoreError> {
+        self.each(sql, rows, |_| ())
+    }
+
+    async fn bulk_changed<const N: usize>(
+        &mut self,
+        sql: &'static str,
+        rows: &[[Arg<'_>; N]],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        self.each(sql, rows, |row| {
+            if let Some(Arg::Text(Some(id))) = row.first() {
+                ids.push((*id).to_owned());
+            }
+        })?;
+        Ok(ids)
+    }
+
     async fn rows(
         &mut self,
         sql: &'static str,
