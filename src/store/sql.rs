@@ -435,20 +435,22 @@ mod tests {
             .max()
     }
 
+    /// Every statement of a `Bulk`, in one order.
+    fn steps(b: &Bulk) -> [&'static str; 7] {
+        [
+            b.claim_insert,
+            b.insert_attempts,
+            b.close_attempts,
+            b.record_sent,
+            b.record_other,
+            b.receipt_keys,
+            b.keep_fallback,
+        ]
+    }
+
     #[test]
     fn both_backends_read_rows_of_the_same_width() {
-        let pairs = |b: &Bulk| {
-            [
-                b.claim_insert,
-                b.insert_attempts,
-                b.close_attempts,
-                b.record_sent,
-                b.record_other,
-                b.receipt_keys,
-                b.keep_fallback,
-            ]
-        };
-        for (lite, pg) in pairs(&SQLITE.bulk).into_iter().zip(pairs(&POSTGRES.bulk)) {
+        for (lite, pg) in steps(&SQLITE.bulk).into_iter().zip(steps(&POSTGRES.bulk)) {
             // PostgreSQL: one parameter, the JSON rows, read from 0.
             assert!(pg.contains("FROM jsonb_array_elements($1::jsonb)"), "{pg}");
             assert_eq!(highest(pg, "$"), Some(1), "{pg}");
@@ -479,16 +481,7 @@ mod tests {
             db.execute_batch(&std::fs::read_to_string(file).unwrap())
                 .unwrap();
         }
-        let b = &SQLITE.bulk;
-        for text in [
-            b.claim_insert,
-            b.insert_attempts,
-            b.close_attempts,
-            b.record_sent,
-            b.record_other,
-            b.receipt_keys,
-            b.keep_fallback,
-        ] {
+        for text in steps(&SQLITE.bulk) {
             let mut plan = db.prepare(&format!("EXPLAIN {text}")).unwrap();
             // Unbound parameters are NULL: nothing here runs the statement.
             let mut listing = plan.raw_query();
