@@ -13,6 +13,11 @@
 //! Latency is publish (the event's own timestamp) to the provider request
 //! (the fake's receive time): p50, p99, max. `--rate` publishes at a steady
 //! pace while herald runs instead of building a backlog first.
+//! `--instances N` runs N `herald run` processes on one PostgreSQL store
+//! (CPU seconds summed, peak RSS the largest); `--error-rate` has the fakes
+//! answer that share of herald's requests with a 500, which herald retries
+//! (the bench's classes retry up to 20 times, from 50 ms, so every event is
+//! sent in the end; the baseline runs without errors).
 //! Everything happens in vhost `herald-bench` (created with `rabbitmqctl` when
 //! it can be), so a running herald is never disturbed.
 
@@ -63,6 +68,14 @@ pub struct BenchArgs {
     /// the shipped config's).
     #[arg(long)]
     pub prefetch: Option<u16>,
+    /// Share of herald's provider requests (0 to 0.5) the fakes answer
+    /// with a 500, retried by herald.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// herald processes to run at once, sharing the broker and the store
+    /// (more than one needs `--store postgres`).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// Skip the baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -72,6 +85,9 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The herald binary to run (this one unless a test says otherwise).
+    #[arg(skip)]
+    pub herald_exe: Option<PathBuf>,
 }
 
 /// One measured run.
@@ -86,6 +102,8 @@ pub struct Run {
     pub latency_max_ms: Option<f64>,
     pub cpu_seconds: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+    /// Requests the fakes answered with a 500 (`--error-rate`).
+    pub provider_errors: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +112,8 @@ pub struct Results {
     pub provider_latency_ms: u64,
     pub store: String,
     pub ack_mode: String,
+    pub error_rate: f64,
+    pub instances: usize,
     pub baseline: Option<Run>,
     pub herald: Run,
     /// herald's throughput over the baseline's.
@@ -313,6 +333,7 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
         latency_max_ms: None,
         cpu_seconds: None,
         peak_rss_mb: None,
+        provider_errors: None,
     })
 }
 
@@ -345,8 +366,10 @@ pub fn rewrite_config(classes: Option<&[String]>, overrides: &[(&str, &str)]) ->
     out
 }
 
-fn bench_config(classes: &[String], prefetch: Option<u16>) -> String {
-    let prefetch = prefetch.map(|p| ("prefetch = ", format!("prefetch = {p}")));
+fn bench_config(classes: &[String], args: &BenchArgs) -> String {
+    let prefetch = args
+        .prefetch
+        .map(|p| ("prefetch = ", format!("prefetch = {p}")));
     let mut overrides = vec![
         (
             "rate_limit = ",
@@ -356,8 +379,18 @@ fn bench_config(classes: &[String], prefetch: Option<u16>) -> String {
         ("rate_per_sec = ", "rate_per_sec = 1000000.0".to_owned()),
         // The time of day must not decide what a benchmark measures.
         ("enabled = true", "enabled = false".to_owned()),
+        ("instances = ", format!("instances = {}", args.instances)),
     ];
     overrides.extend(prefetch);
+    if args.error_rate > 0.0 {
+        // Every event is sent in the end, and soon: 21 errors in a row at
+        // a rate of 0.5 come once in two million events.
+        overrides.push(("retries = ", "retries = 20".to_owned()));
+        overrides.push((
+            "base_delay_secs = ",
+            "base_delay_secs = 0.05\nmax_delay_secs = 1.0".to_owned(),
+        ));
+    }
     let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
     rewrite_config(Some(classes), &overrides)
 }
@@ -415,7 +448,7 @@ async fn herald_run(
         })
         .collect::<anyhow::Result<_>>()?;
     let config_path = dir.join("bench.toml");
-    let config_text = bench_config(&classes, args.prefetch);
+    let config_text = bench_config(&classes, args);
     std::fs::write(&config_path, &config_text)?;
     let config = crate::config::Config::from_toml_str(&config_text, &|_| None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -447,31 +480,44 @@ async fn herald_run(
     }
     let _ = ch.close(200, "purged".into()).await;
     let sent_before = twilio.sent_count() + resend.sent_count();
+    let errors_before = twilio.random_errors() + resend.random_errors();
     let mark = SystemTime::now();
     if args.rate.is_none() {
         publish(&conn, &targets, args.events, None, None).await?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = HeraldChild {
-        exe: &std::env::current_exe()?,
-        config: &config_path,
-        dir: &dir,
-        amqp_url: vhost_url,
-        addr: &addr,
-        store_url: &store_url,
-        twilio,
-        resend,
+    let exe = match &args.herald_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut children = Vec::with_capacity(args.instances);
+    for i in 0..args.instances {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let home = dir.join(format!("instance-{i}"));
+        std::fs::create_dir_all(&home)?;
+        let child = HeraldChild {
+            exe: &exe,
+            config: &config_path,
+            dir: &home,
+            amqp_url: vhost_url,
+            addr: &addr,
+            store_url: &store_url,
+            twilio,
+            resend,
+        }
+        .command()
+        .stderr(Stdio::inherit())
+        .spawn()?;
+        children.push(Instance { child, addr });
     }
-    .command()
-    .stderr(Stdio::inherit())
-    .spawn()?;
     let start = Instant::now();
     if args.rate.is_some() {
         // A steady load measures herald running, not herald starting.
-        wait_ready(&addr, &mut child).await?;
+        for h in &mut children {
+            wait_ready(&h.addr, &mut h.child).await?;
+        }
     }
     let publisher = args.rate.map(|r| {
         let targets = targets.clone();
@@ -481,20 +527,26 @@ async fn herald_run(
     let deadline = start + Duration::from_secs(1800);
     while twilio.sent_count() + resend.sent_count() - sent_before < args.events {
         if Instant::now() > deadline {
-            let _ = child.kill();
             bail!("herald did not send all events in 30 minutes");
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("herald exited early: {status}");
+        for h in &mut children {
+            if let Some(status) = h.child.try_wait()? {
+                bail!("herald exited early: {status}");
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let (cpu_seconds, peak_rss_mb) = proc_usage(child.id());
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let usage: Vec<(Option<f64>, Option<f64>)> =
+        children.iter().map(|h| proc_usage(h.child.id())).collect();
+    let cpu_seconds = usage.iter().map(|u| u.0).sum::<Option<f64>>();
+    let peak_rss_mb = usage.iter().filter_map(|u| u.1).reduce(f64::max);
+    for h in &mut children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &h.child.id().to_string()])
+            .status();
+        let _ = h.child.wait();
+    }
     if let Some(p) = publisher {
         p.await??;
     }
@@ -520,8 +572,12 @@ async fn herald_run(
         })
         .collect();
     lat.sort_by(f64::total_cmp);
+    let name = match args.instances {
+        1 => format!("herald ({} store)", args.store),
+        n => format!("herald ({} store, {n} instances)", args.store),
+    };
     Ok(Run {
-        name: format!("herald ({} store)", args.store),
+        name,
         events: args.events,
         seconds,
         per_second: args.events as f64 / seconds,
@@ -530,7 +586,23 @@ async fn herald_run(
         latency_max_ms: lat.last().copied(),
         cpu_seconds,
         peak_rss_mb,
+        provider_errors: (args.error_rate > 0.0)
+            .then(|| twilio.random_errors() + resend.random_errors() - errors_before),
     })
+}
+
+/// One `herald run` process of a bench run, killed if the run fails.
+struct Instance {
+    child: std::process::Child,
+    /// Its HTTP address.
+    addr: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `herald run` child that sends live to the fake providers: for the
@@ -633,6 +705,18 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 /// Runs the benchmark and prints a table (and JSON if asked).
 pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
+    if !(0.0..=0.5).contains(&args.error_rate) {
+        bail!(
+            "--error-rate must be from 0 to 0.5, not {}",
+            args.error_rate
+        );
+    }
+    if args.instances == 0 {
+        bail!("--instances must be at least 1");
+    }
+    if args.instances > 1 && args.store != "postgres" {
+        bail!("several instances share a store only on PostgreSQL: add --store postgres");
+    }
     ensure_vhost();
     let vhost_url = format!("{}/herald-bench", args.broker.trim_end_matches('/'));
     let twilio = FakeTwilio::start(SID, TOKEN)?;
@@ -646,6 +730,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     } else {
         Some(baseline(&args, &vhost_url, &twilio).await?)
     };
+    let seed = rand::random::<u64>();
+    twilio.set_error_rate(args.error_rate, seed);
+    resend.set_error_rate(args.error_rate, seed.wrapping_add(1));
     let herald = herald_run(&args, &vhost_url, &twilio, &resend).await?;
     let ratio = base.as_ref().map(|b| herald.per_second / b.per_second);
     let results = Results {
@@ -653,12 +740,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         provider_latency_ms: args.latency_ms,
         store: args.store.clone(),
         ack_mode: args.ack.clone(),
+        error_rate: args.error_rate,
+        instances: args.instances,
         baseline: base,
         herald,
         ratio,
     };
     println!(
-        "{:<28} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "run", "events", "seconds", "msg/s", "p50 ms", "p99 ms", "max ms", "cpu s", "rss MB"
     );
     for r in results
@@ -667,7 +756,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         .chain(std::iter::once(&results.herald))
     {
         println!(
-            "{:<28} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
             r.name,
             r.events,
             r.seconds,
@@ -681,6 +770,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     }
     if let Some(r) = results.ratio {
         println!("herald / baseline: {r:.2}");
+    }
+    if let Some(n) = results.herald.provider_errors {
+        println!(
+            "provider errors answered (error rate {}): {n}, each retried",
+            results.error_rate
+        );
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;

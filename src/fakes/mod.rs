@@ -145,6 +145,8 @@ struct Behaviour {
     rng: StdRng,
     /// Whether to keep every request in the request ledger.
     record_requests: bool,
+    /// How many requests the error rate has answered with a 500.
+    random_errors: usize,
 }
 
 impl Behaviour {
@@ -156,6 +158,7 @@ impl Behaviour {
             error_rate: 0.0,
             rng: StdRng::seed_from_u64(0),
             record_requests: true,
+            random_errors: 0,
         }
     }
 
@@ -180,8 +183,9 @@ impl Behaviour {
         let response = scripted
             .or_else(|| magic(to))
             .or_else(|| {
-                (self.error_rate > 0.0 && self.rng.random::<f64>() < self.error_rate)
-                    .then_some(FakeResponse::Status(500))
+                let error = self.error_rate > 0.0 && self.rng.random::<f64>() < self.error_rate;
+                self.random_errors += usize::from(error);
+                error.then_some(FakeResponse::Status(500))
             })
             .unwrap_or_else(|| self.default.clone());
         (response, self.latency)
@@ -233,6 +237,10 @@ impl Shared {
 
     fn set_record_requests(&self, on: bool) {
         lock(&self.behaviour).record_requests = on;
+    }
+
+    fn random_errors(&self) -> usize {
+        lock(&self.behaviour).random_errors
     }
 
     fn record(&self, req: &HttpRequest, body: &[u8], received_at: SystemTime) {
@@ -431,6 +439,11 @@ macro_rules! fake_common_methods {
         /// drawn from a generator seeded with `seed`.
         pub fn set_error_rate(&self, rate: f64, seed: u64) {
             self.shared.set_error_rate(rate, seed);
+        }
+
+        /// How many requests [`Self::set_error_rate`] has answered with a 500.
+        pub fn random_errors(&self) -> usize {
+            self.shared.random_errors()
         }
 
         /// Whether to keep every request in [`Self::requests`] (default on;
