@@ -290,75 +290,77 @@ pub(crate) struct Bulk {
     pub keep_fallback: &'static str,
 }
 
-/// PostgreSQL's set statements over the JSON rows `$rows`.
-macro_rules! bulk {
-    ($rows:literal, $unhex:literal) => {
-        Bulk {
-            claim_insert: concat!(
-                "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
+/// PostgreSQL's table of a set statement's rows: `$1`, one JSON array of
+/// arrays.
+macro_rules! pg_rows {
+    () => {
+        "jsonb_array_elements($1::jsonb) AS j(value)"
+    };
+}
+
+/// PostgreSQL's set statements, one per step over the whole batch.
+const PG_BULK: Bulk = Bulk {
+    claim_insert: concat!(
+        "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
 fallback_from, created_at, updated_at) \
 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'sending', 1, value ->> 4, \
 CAST(value ->> 5 AS BIGINT), CAST(value ->> 5 AS BIGINT) FROM ",
-                $rows,
-                " WHERE true ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-            ),
-            insert_attempts: concat!(
-                "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until) \
+        pg_rows!(),
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    ),
+    insert_attempts: concat!(
+        "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until) \
 SELECT value ->> 0, CAST(value ->> 1 AS BIGINT), CAST(value ->> 2 AS BIGINT), value ->> 3, \
 CAST(value ->> 4 AS BIGINT), value ->> 5, CAST(value ->> 6 AS BIGINT) FROM ",
-                $rows
-            ),
-            close_attempts: concat!(
-                "UPDATE attempts SET finished_at = v.finished_at, outcome = v.outcome, error = v.error, \
+        pg_rows!()
+    ),
+    close_attempts: concat!(
+        "UPDATE attempts SET finished_at = v.finished_at, outcome = v.outcome, error = v.error, \
 provider_id = v.provider_id, cost_usd = v.cost_usd \
 FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, CAST(value ->> 2 AS BIGINT) AS attempt, \
 CAST(value ->> 3 AS BIGINT) AS finished_at, value ->> 4 AS outcome, value ->> 5 AS error, \
 value ->> 6 AS provider_id, CAST(value ->> 7 AS DOUBLE PRECISION) AS cost_usd FROM ",
-                $rows,
-                ") AS v, messages AS m WHERE m.event_id = v.event_id AND attempts.event_id = v.event_id \
+        pg_rows!(),
+        ") AS v, messages AS m WHERE m.event_id = v.event_id AND attempts.event_id = v.event_id \
 AND attempts.seq = m.attempts AND attempts.channel = v.channel AND attempts.attempt = v.attempt \
 AND attempts.finished_at IS NULL"
-            ),
-            record_sent: concat!(
-                "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
+    ),
+    record_sent: concat!(
+        "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
 cost_usd = v.cost_usd, segments = v.segments, finished_at = v.at, updated_at = v.at, \
 delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL \
 FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS provider_id, \
 CAST(value ->> 3 AS DOUBLE PRECISION) AS cost_usd, CAST(value ->> 4 AS BIGINT) AS segments, \
 CAST(value ->> 5 AS BIGINT) AS at FROM ",
-                $rows,
-                ") AS v WHERE messages.event_id = v.event_id AND messages.status <> 'sent' \
+        pg_rows!(),
+        ") AS v WHERE messages.event_id = v.event_id AND messages.status <> 'sent' \
 RETURNING messages.event_id"
-            ),
-            record_other: concat!(
-                "UPDATE messages SET status = v.status, reason = COALESCE(v.reason, messages.reason), \
+    ),
+    record_other: concat!(
+        "UPDATE messages SET status = v.status, reason = COALESCE(v.reason, messages.reason), \
 last_error = COALESCE(v.error, messages.last_error), finished_at = v.finished_at, updated_at = v.at \
 FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS status, \
 value ->> 3 AS reason, value ->> 4 AS error, CAST(value ->> 5 AS BIGINT) AS finished_at, \
 CAST(value ->> 6 AS BIGINT) AS at FROM ",
-                $rows,
-                ") AS v WHERE messages.event_id = v.event_id AND messages.channel = v.channel \
+        pg_rows!(),
+        ") AS v WHERE messages.event_id = v.event_id AND messages.channel = v.channel \
 AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') \
 RETURNING messages.event_id"
-            ),
-            receipt_keys: concat!(
-                "INSERT INTO receipt_keys (provider_id, event_id, created_at) \
+    ),
+    receipt_keys: concat!(
+        "INSERT INTO receipt_keys (provider_id, event_id, created_at) \
 SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS BIGINT) FROM ",
-                $rows,
-                " WHERE true ON CONFLICT (provider_id) DO NOTHING"
-            ),
-            keep_fallback: concat!(
-                "INSERT INTO fallback_pending (event_id, class, user_id, priority, published_at, body, \
+        pg_rows!(),
+        " ON CONFLICT (provider_id) DO NOTHING"
+    ),
+    keep_fallback: concat!(
+        "INSERT INTO fallback_pending (event_id, class, user_id, priority, published_at, body, \
 created_at) SELECT value ->> 0, value ->> 1, value ->> 2, CAST(value ->> 3 AS BIGINT), \
-CAST(value ->> 4 AS BIGINT), ",
-                $unhex,
-                ", CAST(value ->> 6 AS BIGINT) FROM ",
-                $rows,
-                " WHERE true ON CONFLICT (event_id) DO NOTHING"
-            ),
-        }
-    };
-}
+CAST(value ->> 4 AS BIGINT), decode(value ->> 5, 'hex'), CAST(value ->> 6 AS BIGINT) FROM ",
+        pg_rows!(),
+        " ON CONFLICT (event_id) DO NOTHING"
+    ),
+};
 
 /// The keys of the held events due and free: `$1` now, `$3` limit. (The
 /// keys are renamed so the lease's `RETURNING` names the table's columns
@@ -414,10 +416,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
-    bulk: bulk!(
-        "jsonb_array_elements($1::jsonb) AS j(value)",
-        "decode(value ->> 5, 'hex')"
-    ),
+    bulk: PG_BULK,
 };
 
 #[cfg(test)]
