@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// How late an actor's timer may fire: tokio's timers tick in whole
+/// milliseconds, and a loaded machine adds more. A limit faster than one
+/// request per tick would otherwise lose each tick's unused time for good:
+/// with a burst of one, a class sender that is told to wait 6 µs wakes a
+/// millisecond later and sends one, so it sends about a thousand a second
+/// whatever its limit (`docs/benchmarks.md`, a fifth session).
+pub const TIMER_SLACK: Duration = Duration::from_millis(5);
+
 /// A rate limit of `rate` requests per `period`, allowing `burst` at once.
 #[derive(Clone, Debug)]
 pub struct Gcra {
@@ -33,9 +41,18 @@ impl Gcra {
         }
     }
 
-    /// Requests per minute with a burst of one.
+    /// Requests per minute, with a burst of what the limit allows in
+    /// [`TIMER_SLACK`]: one for any limit slower than one request per
+    /// slack (12,000 a minute), so a slow limit paces every request.
     pub fn per_minute(n: u32) -> Gcra {
-        Gcra::new(n, Duration::from_secs(60), 1)
+        let period = Duration::from_secs(60);
+        let burst = match period.checked_div(n) {
+            Some(emission) if !emission.is_zero() => {
+                1 + (TIMER_SLACK.as_nanos() / emission.as_nanos()) as u32
+            }
+            _ => 1,
+        };
+        Gcra::new(n, period, burst)
     }
 
     /// Requests per second (fractional allowed) with a burst of one second's
@@ -104,6 +121,33 @@ mod tests {
         let wait = g.try_acquire(start).unwrap_err();
         assert_eq!(wait, Duration::from_secs(1));
         assert!(g.try_acquire(start + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_fast_limit_is_not_capped_by_the_timers_tick() {
+        // A class sender takes what conforms, and when told to wait asks
+        // again when its timer fires: a millisecond later at the earliest.
+        let sent_in_a_second = |per_minute: u32| {
+            let mut g = Gcra::per_minute(per_minute);
+            let start = Instant::now();
+            let mut now = start;
+            let mut sent = 0u32;
+            while now < start + Duration::from_secs(1) {
+                while g.try_acquire(now).is_ok() {
+                    sent += 1;
+                }
+                now += Duration::from_millis(1);
+            }
+            sent
+        };
+        // 100,000 a second: with a burst of one it sent 1,000.
+        let fast = sent_in_a_second(6_000_000);
+        assert!((99_000..=100_600).contains(&fast), "{fast}");
+        // 1,000 a second, one a millisecond.
+        assert_eq!(sent_in_a_second(60_000), 1_000 + 5);
+        // A slow limit keeps a burst of one: exactly its rate.
+        assert_eq!(sent_in_a_second(600), 10);
+        assert_eq!(Gcra::per_minute(600).tolerance(), Duration::ZERO);
     }
 
     #[test]
