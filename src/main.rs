@@ -108,7 +108,26 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Config::load(&path).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
 }
 
+/// glibc gives a process up to eight malloc arenas per core, and each keeps
+/// its own freed memory; herald's few threads (the actor thread, the I/O
+/// runtime, lapin's, sqlx's) spread their allocations over them. One arena
+/// per I/O worker (two to four) holds the same throughput with a smaller
+/// peak: a 100,000-event backlog peaked at 62 MB with the default, 56 MB
+/// with two (docs/benchmarks.md, a fifth session). Set before any thread
+/// starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        // SAFETY: mallopt only sets a tunable; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     herald::telemetry::init();
     let cli = Cli::parse();
     match cli.command {
