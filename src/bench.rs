@@ -18,6 +18,10 @@
 //! answer that share of herald's requests with a 500, which herald retries
 //! (the bench's classes retry up to 20 times, from 50 ms, so every event is
 //! sent in the end; the baseline runs without errors).
+//! Each run also says where the rest of the machine's CPU went while it was
+//! timed: this process (the fakes, and the bare consumer in the baseline),
+//! the broker when it runs on this machine (the process listening on the
+//! broker URL's port), and the share no process used.
 //! Everything happens in vhost `herald-bench` (created with `rabbitmqctl` when
 //! it can be), so a running herald is never disturbed.
 
@@ -104,6 +108,13 @@ pub struct Run {
     pub peak_rss_mb: Option<f64>,
     /// Requests the fakes answered with a 500 (`--error-rate`).
     pub provider_errors: Option<usize>,
+    /// Where the rest of the machine's CPU went in the timed part: this
+    /// process (the fakes; in the baseline, the bare consumer too) ...
+    pub bench_cpu_seconds: Option<f64>,
+    /// ... the broker, when it runs on this machine ...
+    pub broker_cpu_seconds: Option<f64>,
+    /// ... and what no process used (0 to 1 of all cores).
+    pub machine_idle_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +278,8 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
         twilio.base_url()
     );
     let multiple = args.ack == "multiple";
+    let broker = broker_pid(&args.broker);
+    let marks = CpuMarks::take(broker);
     let start = Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let mut taken = 0usize;
@@ -319,6 +332,7 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let shares = marks.since(broker);
     let _ = conn.close(200, "bench done".into()).await;
     if twilio.sent_count() - before < args.events {
         bail!("baseline: the fake accepted fewer requests than messages");
@@ -334,6 +348,9 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
         cpu_seconds: None,
         peak_rss_mb: None,
         provider_errors: None,
+        bench_cpu_seconds: shares.bench,
+        broker_cpu_seconds: shares.broker,
+        machine_idle_share: shares.idle,
     })
 }
 
@@ -415,6 +432,121 @@ fn proc_usage(pid: u32) -> (Option<f64>, Option<f64>) {
             Some(kb / 1024.0)
         });
     (cpu, rss)
+}
+
+/// The machine's idle and total CPU time so far (clock ticks, all cores),
+/// from the first line of /proc/stat.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait ...: idle and iowait are no one's.
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some((idle, ticks.iter().sum()))
+}
+
+/// CPU counters at the start of a timed part.
+struct CpuMarks {
+    bench: Option<f64>,
+    broker: Option<f64>,
+    machine: Option<(u64, u64)>,
+}
+
+/// What [`CpuMarks`] counted up to the end of the timed part.
+struct CpuShares {
+    bench: Option<f64>,
+    broker: Option<f64>,
+    idle: Option<f64>,
+}
+
+impl CpuMarks {
+    fn take(broker: Option<u32>) -> CpuMarks {
+        CpuMarks {
+            bench: proc_usage(std::process::id()).0,
+            broker: broker.and_then(|pid| proc_usage(pid).0),
+            machine: machine_ticks(),
+        }
+    }
+
+    fn since(&self, broker: Option<u32>) -> CpuShares {
+        let now = CpuMarks::take(broker);
+        let spent = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let idle = match (self.machine, now.machine) {
+            (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+                Some(i1.saturating_sub(i0) as f64 / (t1 - t0) as f64)
+            }
+            _ => None,
+        };
+        CpuShares {
+            bench: spent(self.bench, now.bench),
+            broker: spent(self.broker, now.broker),
+            idle,
+        }
+    }
+}
+
+/// The broker's process, when it runs on this machine: the one holding the
+/// listening socket of the broker URL's port (Linux; `None` if it cannot be
+/// told, say without the right to read other processes' descriptors).
+fn broker_pid(broker: &str) -> Option<u32> {
+    let url = url::Url::parse(broker).ok()?;
+    // `amqp` is not a scheme the URL standard knows, so its host is kept
+    // as written: an address is parsed here.
+    let local = match url.host()? {
+        url::Host::Domain(d) => {
+            d == "localhost"
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    if !local {
+        return None;
+    }
+    let port = url.port().unwrap_or(5672);
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .flat_map(|table| listening_inodes(&table, port))
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
+                .then_some(pid)
+        })
+}
+
+/// The inodes of the sockets listening on `port` in a /proc/net/tcp table.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == LISTEN;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
 }
 
 async fn herald_run(
@@ -512,6 +644,8 @@ async fn herald_run(
         .spawn()?;
         children.push(Instance { child, addr });
     }
+    let broker = broker_pid(&args.broker);
+    let marks = CpuMarks::take(broker);
     let start = Instant::now();
     if args.rate.is_some() {
         // A steady load measures herald running, not herald starting.
@@ -537,6 +671,7 @@ async fn herald_run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let shares = marks.since(broker);
     let usage: Vec<(Option<f64>, Option<f64>)> =
         children.iter().map(|h| proc_usage(h.child.id())).collect();
     let cpu_seconds = usage.iter().map(|u| u.0).sum::<Option<f64>>();
@@ -588,6 +723,9 @@ async fn herald_run(
         peak_rss_mb,
         provider_errors: (args.error_rate > 0.0)
             .then(|| twilio.random_errors() + resend.random_errors() - errors_before),
+        bench_cpu_seconds: shares.bench,
+        broker_cpu_seconds: shares.broker,
+        machine_idle_share: shares.idle,
     })
 }
 
@@ -747,8 +885,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         ratio,
     };
     println!(
-        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "run", "events", "seconds", "msg/s", "p50 ms", "p99 ms", "max ms", "cpu s", "rss MB"
+        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "run",
+        "events",
+        "seconds",
+        "msg/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu s",
+        "rss MB",
+        "bench s",
+        "broker s",
+        "idle %"
     );
     for r in results
         .baseline
@@ -756,7 +905,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         .chain(std::iter::once(&results.herald))
     {
         println!(
-            "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
             r.name,
             r.events,
             r.seconds,
@@ -765,7 +914,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
             fmt_opt(r.latency_p99_ms, 1),
             fmt_opt(r.latency_max_ms, 1),
             fmt_opt(r.cpu_seconds, 2),
-            fmt_opt(r.peak_rss_mb, 1)
+            fmt_opt(r.peak_rss_mb, 1),
+            fmt_opt(r.bench_cpu_seconds, 2),
+            fmt_opt(r.broker_cpu_seconds, 2),
+            fmt_opt(r.machine_idle_share.map(|s| s * 100.0), 0)
         );
     }
     if let Some(r) = results.ratio {
@@ -781,4 +933,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_socket_of_a_port_is_found_in_a_proc_table() {
+        // Read off /proc/net/tcp: RabbitMQ on 5672 (0x1628) listening, a
+        // connection to it, and another port listening.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1628 00000000:0000 0A 00000000:00000000 00:00000000 00000000   106        0 8178 1 0000000077d4242c 100 0 0 10 0
+   1: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4670 1 000000003cbe1903 100 0 0 10 0
+   2: 0100007F:1628 0100007F:D3A2 01 00000000:00000000 00:00000000 00000000   106        0 9912 1 0000000077d4242c 20 4 30 10 -1
+";
+        assert_eq!(listening_inodes(table, 5672), vec![8178]);
+        assert_eq!(listening_inodes(table, 6379), vec![4670]);
+        assert!(listening_inodes(table, 5432).is_empty());
+    }
+
+    #[test]
+    fn a_broker_elsewhere_has_no_process_here() {
+        assert_eq!(
+            broker_pid("amqp://guest:guest@rabbit.example.com:5672"),
+            None
+        );
+        assert_eq!(broker_pid("not a url"), None);
+    }
+
+    #[test]
+    fn the_local_broker_is_found_by_its_port() {
+        // The machine's RabbitMQ, as the bench and the suite use it.
+        let pid = broker_pid("amqp://guest:guest@127.0.0.1:5672").expect("a local broker");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert!(comm.starts_with("beam"), "{comm}");
+        assert_eq!(broker_pid("amqp://guest:guest@localhost:5672"), Some(pid));
+        // Nothing listens on port 1.
+        assert_eq!(broker_pid("amqp://127.0.0.1:1"), None);
+    }
 }

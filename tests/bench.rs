@@ -48,11 +48,22 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     // ~20 % of at least 400 requests, each retried until accepted.
     assert!((20..=200).contains(&errors), "{errors} provider errors");
     assert!(results.herald.cpu_seconds.is_some_and(|s| s > 0.0));
+    // The broker runs on this machine: its CPU is told apart from the
+    // fakes' (this process) and from the idle share.
+    let h = &results.herald;
+    assert!(h.broker_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
+    assert!(h.bench_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
+    assert!(
+        h.machine_idle_share
+            .is_some_and(|s| (0.0..=1.0).contains(&s)),
+        "{h:?}"
+    );
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(written["instances"], 2);
     assert_eq!(written["error_rate"], 0.2);
     assert_eq!(written["herald"]["provider_errors"], errors);
+    assert!(written["herald"]["broker_cpu_seconds"].as_f64().is_some());
 }
 
 #[tokio::test]
