@@ -19,7 +19,8 @@
 //! (the bench's classes retry up to 20 times, from 50 ms, so every event is
 //! sent in the end; the baseline runs without errors).
 //! Each run also says where the rest of the machine's CPU went while it was
-//! timed: this process (the fakes, and the bare consumer in the baseline),
+//! timed: this process (the fakes; the publisher too with `--rate`, the
+//! bare consumer too in the baseline),
 //! the broker when it runs on this machine (the process listening on the
 //! broker URL's port), and the share no process used.
 //! Everything happens in vhost `herald-bench` (created with `rabbitmqctl` when
@@ -109,7 +110,8 @@ pub struct Run {
     /// Requests the fakes answered with a 500 (`--error-rate`).
     pub provider_errors: Option<usize>,
     /// Where the rest of the machine's CPU went in the timed part: this
-    /// process (the fakes; in the baseline, the bare consumer too) ...
+    /// process (the fakes; with `--rate` the publisher too; in the
+    /// baseline the bare consumer too) ...
     pub bench_cpu_seconds: Option<f64>,
     /// ... the broker, when it runs on this machine ...
     pub broker_cpu_seconds: Option<f64>,
