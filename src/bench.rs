@@ -241,7 +241,12 @@ async fn publish(
 }
 
 /// The bare consumer: POST per message, ack each or every 50.
-async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> anyhow::Result<Run> {
+async fn baseline(
+    args: &BenchArgs,
+    vhost_url: &str,
+    twilio: &FakeTwilio,
+    broker: Option<u32>,
+) -> anyhow::Result<Run> {
     let conn = connect(vhost_url).await?;
     let ch = conn.create_channel().await?;
     ch.queue_declare(
@@ -280,7 +285,6 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
         twilio.base_url()
     );
     let multiple = args.ack == "multiple";
-    let broker = broker_pid(&args.broker);
     let marks = CpuMarks::take(broker);
     let start = Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
@@ -334,7 +338,7 @@ async fn baseline(args: &BenchArgs, vhost_url: &str, twilio: &FakeTwilio) -> any
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let shares = marks.since(broker);
+    let shares = marks.since();
     let _ = conn.close(200, "bench done".into()).await;
     if twilio.sent_count() - before < args.events {
         bail!("baseline: the fake accepted fewer requests than messages");
@@ -453,6 +457,8 @@ fn machine_ticks() -> Option<(u64, u64)> {
 
 /// CPU counters at the start of a timed part.
 struct CpuMarks {
+    /// The broker's process, if it runs on this machine ([`broker_pid`]).
+    broker_pid: Option<u32>,
     bench: Option<f64>,
     broker: Option<f64>,
     machine: Option<(u64, u64)>,
@@ -466,16 +472,17 @@ struct CpuShares {
 }
 
 impl CpuMarks {
-    fn take(broker: Option<u32>) -> CpuMarks {
+    fn take(broker_pid: Option<u32>) -> CpuMarks {
         CpuMarks {
+            broker_pid,
             bench: proc_usage(std::process::id()).0,
-            broker: broker.and_then(|pid| proc_usage(pid).0),
+            broker: broker_pid.and_then(|pid| proc_usage(pid).0),
             machine: machine_ticks(),
         }
     }
 
-    fn since(&self, broker: Option<u32>) -> CpuShares {
-        let now = CpuMarks::take(broker);
+    fn since(&self) -> CpuShares {
+        let now = CpuMarks::take(self.broker_pid);
         let spent = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         let idle = match (self.machine, now.machine) {
             (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
@@ -556,6 +563,7 @@ async fn herald_run(
     vhost_url: &str,
     twilio: &FakeTwilio,
     resend: &FakeResend,
+    broker: Option<u32>,
 ) -> anyhow::Result<Run> {
     let mut scratch = Scratch {
         dir: tempfile_dir()?,
@@ -646,7 +654,6 @@ async fn herald_run(
         .spawn()?;
         children.push(Instance { child, addr });
     }
-    let broker = broker_pid(&args.broker);
     let marks = CpuMarks::take(broker);
     let start = Instant::now();
     if args.rate.is_some() {
@@ -673,7 +680,7 @@ async fn herald_run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let shares = marks.since(broker);
+    let shares = marks.since();
     let usage: Vec<(Option<f64>, Option<f64>)> =
         children.iter().map(|h| proc_usage(h.child.id())).collect();
     let cpu_seconds = usage.iter().map(|u| u.0).sum::<Option<f64>>();
@@ -865,15 +872,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     resend.set_latency(Duration::from_millis(args.latency_ms));
     twilio.set_record_requests(false);
     resend.set_record_requests(false);
+    // Looked up once: both runs read the same broker's counters.
+    let broker = broker_pid(&args.broker);
     let base = if args.no_baseline {
         None
     } else {
-        Some(baseline(&args, &vhost_url, &twilio).await?)
+        Some(baseline(&args, &vhost_url, &twilio, broker).await?)
     };
     let seed = rand::random::<u64>();
     twilio.set_error_rate(args.error_rate, seed);
     resend.set_error_rate(args.error_rate, seed.wrapping_add(1));
-    let herald = herald_run(&args, &vhost_url, &twilio, &resend).await?;
+    let herald = herald_run(&args, &vhost_url, &twilio, &resend, broker).await?;
     let ratio = base.as_ref().map(|b| herald.per_second / b.per_second);
     let results = Results {
         events: args.events,
