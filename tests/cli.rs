@@ -147,16 +147,23 @@ fn run_with_no_environment_records_published_events_as_sent() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let metrics = client
-        .get("http://127.0.0.1:9464/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let sent = support::metric_in(
-        &metrics,
-        r#"herald_deliveries_total{channel="sms",class="critical_financial",outcome="sent"}"#,
-    );
+    // Counted once the provider's answer is back, a moment after the outbox.
+    let series =
+        r#"herald_deliveries_total{channel="sms",class="critical_financial",outcome="sent"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sent = loop {
+        let metrics = client
+            .get("http://127.0.0.1:9464/metrics")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let sent = support::metric_in(&metrics, series);
+        if sent >= 1.0 || Instant::now() > deadline {
+            break sent;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(sent >= 1.0, "{sent}");
     // SIGTERM stops it cleanly.
     let pid = engine.0.id().to_string();

@@ -310,13 +310,18 @@ async fn a_replayed_dead_letter_is_sent() {
     )
     .await;
     let store = engine.store.clone();
+    let mut dead = false;
     for _ in 0..300 {
         let v = store.message("evt-replay").await.unwrap();
-        if v.is_some_and(|v| v.status.as_str() == "dead_lettered") {
+        dead = v.is_some_and(|v| v.status.as_str() == "dead_lettered");
+        if dead {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(dead, "evt-replay was never recorded dead-lettered");
+    // The record can commit before the letter reaches the queue.
+    queue_reaching(&conn, "herald.dlq", 10, |(messages, _)| messages == 1).await;
     assert_eq!(w.twilio.sent_count(), 0);
     // The provider works again; the operator replays the class's dead letters.
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))

@@ -164,8 +164,8 @@ async fn retries_spent_on_a_class_without_fallback_dead_letter_with_a_reason() {
     .await;
     let dead = r#"herald_dead_letters_total{class="weekly_checkin",reason="retries_exhausted"}"#;
     let addr = engine.http_addr;
-    metric_reaching(addr, dead, 1.0, 10).await;
-    let letters = drain_dlq(&conn).await;
+    assert_eq!(metric_reaching(addr, dead, 1.0, 10).await, 1.0);
+    let letters = dlq_reaching(&conn, 1, 10).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].reason, "retries_exhausted");
     assert_eq!(letters[0].class, "weekly_checkin");
@@ -222,14 +222,7 @@ async fn every_bad_input_is_dead_lettered_once_with_its_reason_and_the_engine_ke
     // The engine keeps serving.
     publish_raw(&conn, "weekly_checkin", &json(good("evt-after"))).await;
     eventually(20, || w.twilio.sent_count() == 1).await;
-    let mut letters = Vec::new();
-    for _ in 0..100 {
-        letters.extend(drain_dlq(&conn).await);
-        if letters.len() >= cases.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut letters = dlq_reaching(&conn, cases.len(), 10).await;
     // Once each: nothing loops back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     letters.extend(drain_dlq(&conn).await);

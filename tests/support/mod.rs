@@ -248,6 +248,18 @@ pub async fn drain_dlq(conn: &Connection) -> Vec<Letter> {
     out
 }
 
+/// Takes dead letters off `herald.dlq` until `n` have come or `secs` have
+/// passed: a letter reaches the queue a moment after its outcome is counted.
+pub async fn dlq_reaching(conn: &Connection, n: usize, secs: u64) -> Vec<Letter> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut letters = drain_dlq(conn).await;
+    while letters.len() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        letters.extend(drain_dlq(conn).await);
+    }
+    letters
+}
+
 /// A queue's (ready messages, consumers), read with a passive declare.
 pub async fn queue_counts(conn: &Connection, queue: &str) -> (u32, u32) {
     let ch = conn.create_channel().await.unwrap();
