@@ -513,8 +513,8 @@ impl Store {
         batch: u32,
     ) -> Result<u64, StoreError> {
         let batch = batch.max(1);
-        let delivered = dispatch!(self, write purge(sql::PURGE_SENT, delivered_before_ms, batch))?;
-        let failed = dispatch!(self, write purge(sql::PURGE_FAILED, failed_before_ms, batch))?;
+        let delivered = dispatch!(self, write purge_messages(false, delivered_before_ms, batch))?;
+        let failed = dispatch!(self, write purge_messages(true, failed_before_ms, batch))?;
         // Events kept for a receipt's fallback hold addresses: kept no
         // longer than a receipt can take to come.
         let kept = delivered_before_ms.max(now_ms() - KEEP_FOR_RECEIPT_MS);

@@ -355,6 +355,34 @@ macro_rules! backend {
                     }
                 }
             }
+
+            /// Retention of messages, with their attempts: delivered ones
+            /// if `failed` is false, else failed ones.
+            pub(crate) async fn purge_messages(
+                pool: &Pool<$db>,
+                failed: bool,
+                cutoff_ms: i64,
+                batch: u32,
+            ) -> Result<u64, StoreError> {
+                let statement = if failed {
+                    $dialect.purge_failed
+                } else {
+                    $dialect.purge_sent
+                };
+                let mut deleted = 0;
+                loop {
+                    let n = sqlx::query(statement)
+                        .bind(cutoff_ms)
+                        .bind(i64::from(batch))
+                        .fetch_all(pool)
+                        .await?
+                        .len() as u64;
+                    deleted += n;
+                    if n < u64::from(batch) {
+                        return Ok(deleted);
+                    }
+                }
+            }
         }
     };
 }

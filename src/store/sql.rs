@@ -18,6 +18,11 @@ pub(crate) struct Dialect {
     /// particular order). PostgreSQL skips rows another transaction is
     /// leasing, so concurrent schedulers take disjoint sets.
     pub take_due: &'static str,
+    /// One retention batch of delivered messages and their attempts,
+    /// returning the messages' ids: `$1` cutoff, `$2` batch size.
+    pub purge_sent: &'static str,
+    /// The same for failed messages.
+    pub purge_failed: &'static str,
     /// The hot path's statements over a whole batch.
     pub bulk: Bulk,
 }
@@ -103,17 +108,52 @@ SELECT class, channel, COUNT(*) AS messages, SUM(cost_usd) AS cost_usd FROM mess
 WHERE status = 'sent' AND finished_at >= $1 AND finished_at < $2 \
 GROUP BY class, channel ORDER BY class, channel";
 
-/// One retention batch of delivered messages; attempts follow by cascade.
-/// `$1` cutoff, `$2` batch size.
-pub(crate) const PURGE_SENT: &str = "\
-DELETE FROM messages WHERE event_id IN (\
-SELECT event_id FROM messages WHERE status = 'sent' AND finished_at < $1 LIMIT $2)";
+/// Retention: which delivered messages are due for deletion. `$1` cutoff.
+macro_rules! purge_sent_where {
+    () => {
+        "status = 'sent' AND finished_at < $1"
+    };
+}
 
-/// One retention batch of failed messages. `$1` cutoff, `$2` batch size.
-pub(crate) const PURGE_FAILED: &str = "\
-DELETE FROM messages WHERE event_id IN (\
-SELECT event_id FROM messages \
-WHERE status IN ('dead_lettered', 'outcome_unknown', 'suppressed') AND finished_at < $1 LIMIT $2)";
+/// Retention: which failed messages are due for deletion. `$1` cutoff.
+macro_rules! purge_failed_where {
+    () => {
+        "status IN ('dead_lettered', 'outcome_unknown', 'suppressed') AND finished_at < $1"
+    };
+}
+
+/// Deletes one retention batch of the messages `$where` picks (`$1` cutoff,
+/// `$2` batch size), returning their ids. The condition is stated again on
+/// the deleted row itself: on PostgreSQL a row a claim changed meanwhile
+/// is checked again at its new version and kept. SQLite's `attempts`
+/// follow by their foreign key's cascade.
+macro_rules! sqlite_purge {
+    ($where:expr) => {
+        concat!(
+            "DELETE FROM messages WHERE event_id IN (SELECT event_id FROM messages WHERE ",
+            $where,
+            " LIMIT $2) AND ",
+            $where,
+            " RETURNING event_id"
+        )
+    };
+}
+
+/// PostgreSQL's `attempts` have no foreign key (migration 0008): the same
+/// statement deletes the deleted messages' attempts.
+macro_rules! postgres_purge {
+    ($where:expr) => {
+        concat!(
+            "WITH gone AS (DELETE FROM messages WHERE event_id IN (SELECT event_id FROM messages WHERE ",
+            $where,
+            " LIMIT $2) AND ",
+            $where,
+            " RETURNING event_id), \
+their_attempts AS (DELETE FROM attempts WHERE event_id IN (SELECT event_id FROM gone)) \
+SELECT event_id FROM gone"
+        )
+    };
+}
 
 pub(crate) const PING: &str = "SELECT 1";
 
@@ -383,6 +423,8 @@ pub(crate) const SQLITE: Dialect = Dialect {
     ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT value FROM json_each($1))",
+    purge_sent: sqlite_purge!(purge_sent_where!()),
+    purge_failed: sqlite_purge!(purge_failed_where!()),
     bulk: Bulk {
         claim_insert: claim_insert_message!(),
         insert_attempts: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
@@ -416,6 +458,8 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     ),
     suppressed_among: "SELECT address, channel FROM suppressions \
 WHERE address IN (SELECT jsonb_array_elements_text($1::jsonb))",
+    purge_sent: postgres_purge!(purge_sent_where!()),
+    purge_failed: postgres_purge!(purge_failed_where!()),
     bulk: PG_BULK,
 };
 
