@@ -29,17 +29,19 @@ fn full() -> bool {
     std::env::var("HERALD_RELIABILITY").is_ok_and(|v| v == "full")
 }
 
-/// The shipped config, made fast for tests: high rates, short retry delays,
-/// more retries, quick supervision, short provider timeouts (so a killed
-/// herald's call leases, timeout + 5 s, run out soon).
-fn test_config() -> String {
+/// Each class's limit per channel in the tests, a minute: fast.
+const FAST: u32 = 60_000;
+
+/// The shipped config, made fast for tests: high rates (each class's limit
+/// per channel `rate_per_min`), short retry delays, more retries, quick
+/// supervision, short provider timeouts (so a killed herald's call leases,
+/// timeout + 5 s, run out soon).
+fn test_config(rate_per_min: u32) -> String {
+    let rate_limit = format!("rate_limit = {{ sms = {rate_per_min}, email = {rate_per_min} }}");
     herald::bench::rewrite_config(
         None,
         &[
-            (
-                "rate_limit = ",
-                "rate_limit = { sms = 60000, email = 60000 }",
-            ),
+            ("rate_limit = ", &rate_limit),
             (
                 "base_delay_secs",
                 "base_delay_secs = 0.3\nmax_delay_secs = 1.0",
@@ -72,11 +74,16 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::at_rate(FAST)
+    }
+
+    /// A rig whose classes send at most `rate_per_min` a minute per channel.
+    fn at_rate(rate_per_min: u32) -> Rig {
         let world = World::new();
         world.twilio.set_latency(Duration::from_millis(20));
         world.resend.set_latency(Duration::from_millis(20));
         let config_path = world.dir.path().join("herald.toml");
-        std::fs::write(&config_path, test_config()).unwrap();
+        std::fs::write(&config_path, test_config(rate_per_min)).unwrap();
         let store_url = format!("sqlite://{}/reliability.db", world.dir.path().display());
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -400,16 +407,29 @@ async fn no_fault_nothing_lost_nothing_sent_twice() {
 async fn kill_9_five_times_mid_flight_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     let n = if full() { 5_000 } else { 1_500 };
-    let rig = Rig::new();
+    // Slow enough (100 a second per class and channel, ~3 s for 1,500)
+    // that each kill lands while sends are going out.
+    let rig = Rig::at_rate(6_000);
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "k9").await;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(300 + rand::random_range(0..400))).await;
+    let w = &rig.world;
+    let sent = || w.twilio.sent_count() + w.resend.sent_count();
+    let mut kills = Vec::new();
+    for k in 1..=5 {
+        // The k-th kill once k sixths have gone, give or take a few.
+        let due = k * n / 6 + rand::random_range(0..n / 30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while sent() < due && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let at = sent();
+        assert!(at < n, "kill {k} came after every send ({at} of {n})");
+        kills.push(at);
         herald.kill9();
         herald = rig.start().await;
     }
     let r = settle(&rig.world, &published, 180).await;
-    eprintln!("kill -9 x5: {}", summary(&r, n));
+    eprintln!("kill -9 x5 (sent at each: {kills:?}): {}", summary(&r, n));
     assert_nothing_lost(&r, n, &rig);
     assert_store_agrees(&rig, &published, &r).await;
     assert!(
@@ -466,12 +486,18 @@ impl Drop for BrokerStopped {
 async fn rabbitmq_stopped_and_started_mid_flight_herald_recovers_alone() {
     let _one = ONE_AT_A_TIME.lock().await;
     let n = if full() { 5_000 } else { 1_500 };
-    let rig = Rig::new();
+    // Slow enough (50 a second per class and channel, ~6 s for 1,500) that
+    // the broker stops while sends are going out.
+    let rig = Rig::at_rate(3_000);
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "mq").await;
     wait_until_sent(&rig.world, n / 4).await;
     {
         let _stopped = BrokerStopped::stop();
+        let w = &rig.world;
+        let at = w.twilio.sent_count() + w.resend.sent_count();
+        assert!(at < n, "the broker stopped after every send");
+        eprintln!("broker stopped with {at} of {n} sent");
         tokio::time::sleep(Duration::from_secs(3)).await;
         let ready = reqwest::get(format!("http://{}/readyz", herald.addr))
             .await
