@@ -619,6 +619,8 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     std::fs::write(&config, &shipped).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let store_url = format!("sqlite://{}/herald.db", w.dir.path().display());
+    let log_path = w.dir.path().join("herald.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = herald::bench::HeraldChild {
         exe: env!("CARGO_BIN_EXE_herald").as_ref(),
         config: &config,
@@ -630,6 +632,7 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
         resend: &w.resend,
     }
     .command()
+    .stderr(log)
     .spawn()
     .unwrap();
     herald::bench::wait_ready(&addr, &mut child).await.unwrap();
@@ -655,9 +658,23 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
 
     std::fs::write(&config, shipped.replace("priority = 3", "priority = 99")).unwrap();
     hup(child.id());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("config reload refused")
+    };
+    eventually(10, refused).await;
     assert!(child.try_wait().unwrap().is_none(), "still running");
     assert_eq!(metric(addr, limit).await, 77.0, "the old config stays");
+
+    // And the next good file is read.
+    std::fs::write(
+        &config,
+        shipped.replace(old, "rate_limit = { sms = 88, email = 25 }"),
+    )
+    .unwrap();
+    hup(child.id());
+    assert_eq!(metric_reaching(addr, limit, 88.0, 10).await, 88.0);
 
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -13,8 +13,13 @@ use support::*;
 #[actix_rt::test]
 async fn critical_events_overtake_a_backlog_of_20000_low_priority_ones() {
     let mut w = World::new();
-    // The shared provider limit is the bottleneck, not the classes'.
-    w.config.providers.twilio.rate_per_sec = 400.0;
+    // The shared provider limit is the bottleneck, not the classes': the
+    // classes could send 10,000 a second each, Twilio takes 200, so jobs
+    // wait at the provider and its order decides.
+    for class in ["milestone_reminder", "critical_financial"] {
+        w.class_mut(class).rate_limit.sms = 600_000;
+    }
+    w.config.providers.twilio.rate_per_sec = 200.0;
     let engine = Engine::start(w.config.clone()).await.unwrap();
     let conn = w.vhost.connect().await;
     let ch = conn.create_channel().await.unwrap();
@@ -73,8 +78,12 @@ async fn critical_events_overtake_a_backlog_of_20000_low_priority_ones() {
         .filter(|m| m.body.contains("ref low-"))
         .count();
     eprintln!("low-priority sends while the 100 critical went out: {low_meanwhile}");
+    // The bar is 1,000; served in arrival order, the low class's
+    // jobs already waiting at the provider (up to its prefetch) would go
+    // first and the two classes would then share it. Overtaking leaves
+    // only the calls already open (16) and a few that start in between.
     assert!(
-        low_meanwhile < 1000,
+        low_meanwhile < 50,
         "{low_meanwhile} low-priority sends went before the last critical one"
     );
     assert!(

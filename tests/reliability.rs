@@ -555,10 +555,15 @@ async fn providers_failing_half_the_time_lose_nothing_and_retries_show() {
 async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     let n = if full() { 5_000 } else { 1_500 };
-    let rig = Rig::new();
+    // Slow enough that SIGTERM lands while sends are going out and leaves
+    // work for the next herald.
+    let rig = Rig::at_rate(3_000);
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "term").await;
     wait_until_sent(&rig.world, n / 5).await;
+    let w = &rig.world;
+    let sent = || w.twilio.sent_count() + w.resend.sent_count();
+    let at_term = sent();
     let pid = herald.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -582,6 +587,9 @@ async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() 
         "exit status {status}; log:\n{}",
         rig.log_tail()
     );
+    let at_exit = sent();
+    eprintln!("sigterm with {at_term} of {n} sent, exit with {at_exit}");
+    assert!(at_exit < n, "SIGTERM came after every send");
     // A clean stop logs no error (lapin used to log a connection ERROR for
     // a channel closing as the connection did).
     let log = std::fs::read_to_string(&rig.log).unwrap();

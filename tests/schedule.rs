@@ -271,7 +271,18 @@ async fn a_recurring_schedule_publishes_each_occurrence_once_across_two_instance
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(w.resend.sent_count(), 0, "not before 07:30");
     eventually(10, || w.resend.sent_count() == 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both published it: the second copy was taken as a duplicate.
+    let duplicates =
+        r#"herald_duplicates_suppressed_total{channel="email",class="career_insights"}"#;
+    let mut taken = 0.0;
+    for _ in 0..100 {
+        taken = metric(a.http_addr, duplicates).await + metric(b.http_addr, duplicates).await;
+        if taken >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(taken, 1.0, "the other instance's copy");
     assert_eq!(
         w.resend.sent_count(),
         1,
