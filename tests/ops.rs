@@ -648,11 +648,9 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
         assert!(ok, "kill -HUP");
     };
 
-    std::fs::write(
-        &config,
-        shipped.replace(old, "rate_limit = { sms = 77, email = 25 }"),
-    )
-    .unwrap();
+    let limited_to =
+        |sms: u32| shipped.replace(old, &format!("rate_limit = {{ sms = {sms}, email = 25 }}"));
+    std::fs::write(&config, limited_to(77)).unwrap();
     hup(child.id());
     assert_eq!(metric_reaching(addr, limit, 77.0, 10).await, 77.0);
 
@@ -668,11 +666,7 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     assert_eq!(metric(addr, limit).await, 77.0, "the old config stays");
 
     // And the next good file is read.
-    std::fs::write(
-        &config,
-        shipped.replace(old, "rate_limit = { sms = 88, email = 25 }"),
-    )
-    .unwrap();
+    std::fs::write(&config, limited_to(88)).unwrap();
     hup(child.id());
     assert_eq!(metric_reaching(addr, limit, 88.0, 10).await, 88.0);
 

@@ -86,18 +86,35 @@ impl Db {
 
     /// Rows in `attempts` for an event, read behind the store's back.
     async fn attempt_rows(&self, event_id: &str) -> i64 {
-        let sql = "SELECT COUNT(*) FROM attempts WHERE event_id = $1";
+        self.count(
+            "SELECT COUNT(*) FROM attempts WHERE event_id = $1",
+            event_id,
+        )
+        .await
+    }
+
+    /// Rows in `receipt_keys` for a provider id, read behind the store's back.
+    async fn receipt_key_rows(&self, provider_id: &str) -> i64 {
+        self.count(
+            "SELECT COUNT(*) FROM receipt_keys WHERE provider_id = $1",
+            provider_id,
+        )
+        .await
+    }
+
+    /// `sql`, a count with one parameter `key`, read behind the store's back.
+    async fn count(&self, sql: &str, key: &str) -> i64 {
         if self.url.starts_with("sqlite:") {
             let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
             sqlx::query_scalar(sql)
-                .bind(event_id)
+                .bind(key)
                 .fetch_one(&mut conn)
                 .await
                 .unwrap()
         } else {
             let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
             sqlx::query_scalar(sql)
-                .bind(event_id)
+                .bind(key)
                 .fetch_one(&mut conn)
                 .await
                 .unwrap()
@@ -979,10 +996,19 @@ async fn purge_deletes_by_age_and_status_with_attempts(db: &Db) {
     store.claim(&claims).await.unwrap();
     let records: Vec<Record> = cases
         .iter()
-        .filter_map(|(id, at, outcome)| Some(record(id, "sms", 1, outcome.clone()?, *at)))
+        .filter_map(|(id, at, outcome)| {
+            Some(Record {
+                track_receipts: true,
+                ..record(id, "sms", 1, outcome.clone()?, *at)
+            })
+        })
         .collect();
     store.record(&records).await.unwrap();
     assert_eq!(db.attempt_rows("sent-old-1").await, 1);
+    let sids = ["SM1", "SM2", "SM3", "SM4", "SM5"];
+    for sid in sids {
+        assert_eq!(db.receipt_key_rows(sid).await, 1, "{sid}");
+    }
 
     // A batch of 2 makes both deletes loop.
     let deleted = store
@@ -1013,6 +1039,11 @@ async fn purge_deletes_by_age_and_status_with_attempts(db: &Db) {
             "{kept} deleted"
         );
         assert_eq!(db.attempt_rows(kept).await, 1, "attempts of {kept}");
+    }
+    // Receipt keys go once no receipt can come (days, whatever the
+    // messages' retention): all five, two a statement.
+    for sid in sids {
+        assert_eq!(db.receipt_key_rows(sid).await, 0, "{sid}");
     }
     assert_eq!(
         store

@@ -513,13 +513,13 @@ impl Store {
         batch: u32,
     ) -> Result<u64, StoreError> {
         let batch = batch.max(1);
-        let delivered = dispatch!(self, write purge_messages(false, delivered_before_ms, batch))?;
-        let failed = dispatch!(self, write purge_messages(true, failed_before_ms, batch))?;
+        let delivered = dispatch!(self, write purge(|d| d.purge_sent, delivered_before_ms, batch))?;
+        let failed = dispatch!(self, write purge(|d| d.purge_failed, failed_before_ms, batch))?;
         // Events kept for a receipt's fallback hold addresses: kept no
         // longer than a receipt can take to come.
         let kept = delivered_before_ms.max(now_ms() - KEEP_FOR_RECEIPT_MS);
-        dispatch!(self, write purge(sql::PURGE_FALLBACK, kept, batch))?;
-        dispatch!(self, write purge(sql::PURGE_RECEIPT_KEYS, kept, batch))?;
+        dispatch!(self, write purge(|_| sql::PURGE_FALLBACK, kept, batch))?;
+        dispatch!(self, write purge(|_| sql::PURGE_RECEIPT_KEYS, kept, batch))?;
         Ok(delivered + failed)
     }
 }

@@ -333,42 +333,16 @@ macro_rules! backend {
                     .collect()
             }
 
-            /// One retention statement, repeated until it deletes less
-            /// than a full batch.
+            /// One retention statement, this backend's text of it picked
+            /// by `statement`, repeated until it deletes less than a full
+            /// batch. Each returns one row per row it deleted.
             pub(crate) async fn purge(
                 pool: &Pool<$db>,
-                statement: &'static str,
+                statement: fn(&sql::Dialect) -> &'static str,
                 cutoff_ms: i64,
                 batch: u32,
             ) -> Result<u64, StoreError> {
-                let mut deleted = 0;
-                loop {
-                    let n = sqlx::query(statement)
-                        .bind(cutoff_ms)
-                        .bind(i64::from(batch))
-                        .execute(pool)
-                        .await?
-                        .rows_affected();
-                    deleted += n;
-                    if n < u64::from(batch) {
-                        return Ok(deleted);
-                    }
-                }
-            }
-
-            /// Retention of messages, with their attempts: delivered ones
-            /// if `failed` is false, else failed ones.
-            pub(crate) async fn purge_messages(
-                pool: &Pool<$db>,
-                failed: bool,
-                cutoff_ms: i64,
-                batch: u32,
-            ) -> Result<u64, StoreError> {
-                let statement = if failed {
-                    $dialect.purge_failed
-                } else {
-                    $dialect.purge_sent
-                };
+                let statement = statement(&$dialect);
                 let mut deleted = 0;
                 loop {
                     let n = sqlx::query(statement)

@@ -255,7 +255,7 @@ WHERE k.provider_id = $1 AND m.provider_id = $1";
 /// Receipt keys past the time a receipt can take. `$1` cutoff, `$2` batch.
 pub(crate) const PURGE_RECEIPT_KEYS: &str = "\
 DELETE FROM receipt_keys WHERE provider_id IN (\
-SELECT provider_id FROM receipt_keys WHERE created_at < $1 LIMIT $2)";
+SELECT provider_id FROM receipt_keys WHERE created_at < $1 LIMIT $2) RETURNING provider_id";
 
 /// Erasure: a user's receipt keys (they lead to the provider's copy of the
 /// address). `$1` user id.
@@ -275,7 +275,7 @@ WHERE event_id = $1 AND status = 'sent'";
 /// Kept events past their use. `$1` cutoff, `$2` batch size.
 pub(crate) const PURGE_FALLBACK: &str = "\
 DELETE FROM fallback_pending WHERE event_id IN (\
-SELECT event_id FROM fallback_pending WHERE created_at < $1 LIMIT $2)";
+SELECT event_id FROM fallback_pending WHERE created_at < $1 LIMIT $2) RETURNING event_id";
 
 /// Erasure: a user's kept events. `$1` user id.
 pub(crate) const ERASE_FALLBACK: &str = "DELETE FROM fallback_pending WHERE user_id = $1";
