@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use herald_actors::backoff;
 use herald_actors::class_sender::{ClassParams, ClassRate};
-use herald_actors::journal::{JournalParams, RECORD_LINGER};
+use herald_actors::journal::JournalParams;
 use herald_actors::messages::{IsIdle, Release};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
@@ -278,8 +278,8 @@ impl Engine {
                 timing: metrics.store_duration.clone(),
             }),
             JournalParams {
-                record_linger: RECORD_LINGER,
                 stale_after: lease,
+                ..JournalParams::default()
             },
         ));
         for &channel in &used {

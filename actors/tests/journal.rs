@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use herald_actors::journal::{JournalParams, CLAIM_COMPANY};
 use herald_actors::messages::{Crash, Deliver};
 use herald_actors::model::Channel;
 use herald_actors::ports::{
@@ -143,12 +144,15 @@ async fn a_send_is_recorded_before_its_delivery_is_acked_and_never_repeated() {
 async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
     let log = Arc::new(MemoryLog::default());
     // A linger far beyond the test, so only a claim can commit the record.
-    let w = start_with_linger(
+    let w = start_with_journal(
         vec![class("c", 1, 600_000)],
         Duration::from_millis(5),
         8,
         Some(Arc::new(Log(log.clone()))),
-        Duration::from_secs(600),
+        JournalParams {
+            record_linger: Duration::from_secs(600),
+            ..JournalParams::default()
+        },
     );
     ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -166,6 +170,35 @@ async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
         log.status.lock().unwrap().get("first").copied(),
         Some("sent")
     );
+}
+
+#[actix_rt::test]
+async fn a_few_claims_wait_for_company_and_a_full_batch_goes_at_once() {
+    let log = Arc::new(MemoryLog::default());
+    // A claim linger far beyond the test, so only company ends it.
+    let w = start_with_journal(
+        vec![class("c", 1, 600_000)],
+        Duration::from_millis(5),
+        64,
+        Some(Arc::new(Log(log.clone()))),
+        JournalParams {
+            claim_linger: Duration::from_secs(600),
+            ..JournalParams::default()
+        },
+    );
+    ready(&w).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let few = CLAIM_COMPANY - 1;
+    for i in 0..few {
+        deliver(&w, &format!("few-{i}"), &tx);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(log.shapes.lock().unwrap().is_empty(), "{few} claims wait");
+    assert_eq!(w.recorder.sent.lock().unwrap().len(), 0);
+    // One more makes company: all go, in one transaction.
+    deliver(&w, "one-more", &tx);
+    wait_for(|| w.recorder.sent.lock().unwrap().len() == CLAIM_COMPANY).await;
+    assert_eq!(log.shapes.lock().unwrap()[0], (0, CLAIM_COMPANY));
 }
 
 #[actix_rt::test]

@@ -10,7 +10,7 @@ use actix::Actor;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use herald_actors::class_sender::ClassParams;
-use herald_actors::journal::{JournalParams, RECORD_LINGER};
+use herald_actors::journal::JournalParams;
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, Job, Outbound, ProviderClient, Receipt, SendError};
 use herald_actors::ports::{Broker, BrokerError, DeadLetter, DeliveryLog};
@@ -116,16 +116,22 @@ pub fn start_full(
     max_concurrency: u32,
     log: Option<Arc<dyn DeliveryLog>>,
 ) -> World {
-    start_with_linger(classes, latency, max_concurrency, log, RECORD_LINGER)
+    start_with_journal(
+        classes,
+        latency,
+        max_concurrency,
+        log,
+        JournalParams::default(),
+    )
 }
 
-/// [`start_full`] with the journal holding lone records for `record_linger`.
-pub fn start_with_linger(
+/// [`start_full`] with the journal's timings given.
+pub fn start_with_journal(
     classes: Vec<ClassParams>,
     latency: Duration,
     max_concurrency: u32,
     log: Option<Arc<dyn DeliveryLog>>,
-    record_linger: Duration,
+    params: JournalParams,
 ) -> World {
     let registry = Registry::new();
     let metrics = Metrics::new();
@@ -150,10 +156,6 @@ pub fn start_with_linger(
         ChildSpec::fallback(&registry),
     ];
     if let Some(log) = log {
-        let params = JournalParams {
-            record_linger,
-            ..JournalParams::default()
-        };
         specs.push(ChildSpec::journal(&registry, log, params));
     }
     for c in classes {
