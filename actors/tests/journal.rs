@@ -84,11 +84,17 @@ impl DeliveryLog for Log {
 }
 
 fn with_journal(log: &Arc<MemoryLog>) -> World {
-    start_full(
+    with_timings(log, JournalParams::default())
+}
+
+/// [`with_journal`] with the journal's timings given.
+fn with_timings(log: &Arc<MemoryLog>, params: JournalParams) -> World {
+    start_with_journal(
         vec![class("c", 1, 600_000)],
         Duration::from_millis(5),
         8,
         Some(Arc::new(Log(log.clone()))),
+        params,
     )
 }
 
@@ -144,16 +150,11 @@ async fn a_send_is_recorded_before_its_delivery_is_acked_and_never_repeated() {
 async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
     let log = Arc::new(MemoryLog::default());
     // A linger far beyond the test, so only a claim can commit the record.
-    let w = start_with_journal(
-        vec![class("c", 1, 600_000)],
-        Duration::from_millis(5),
-        8,
-        Some(Arc::new(Log(log.clone()))),
-        JournalParams {
-            record_linger: Duration::from_secs(600),
-            ..JournalParams::default()
-        },
-    );
+    let params = JournalParams {
+        record_linger: Duration::from_secs(600),
+        ..JournalParams::default()
+    };
+    let w = with_timings(&log, params);
     ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     deliver(&w, "first", &tx);
@@ -176,16 +177,11 @@ async fn an_outcome_record_waits_for_the_next_claim_to_share_its_transaction() {
 async fn a_few_claims_wait_for_company_and_a_full_batch_goes_at_once() {
     let log = Arc::new(MemoryLog::default());
     // A claim linger far beyond the test, so only company ends it.
-    let w = start_with_journal(
-        vec![class("c", 1, 600_000)],
-        Duration::from_millis(5),
-        64,
-        Some(Arc::new(Log(log.clone()))),
-        JournalParams {
-            claim_linger: Duration::from_secs(600),
-            ..JournalParams::default()
-        },
-    );
+    let params = JournalParams {
+        claim_linger: Duration::from_secs(600),
+        ..JournalParams::default()
+    };
+    let w = with_timings(&log, params);
     ready(&w).await;
     let (tx, _rx) = mpsc::unbounded_channel();
     let few = CLAIM_COMPANY - 1;
