@@ -51,10 +51,10 @@ const PROVIDER_RETRY: Duration = Duration::from_millis(50);
 pub const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// How long claims may wait for more claims to share their transaction
 /// while the journal is idle. At a steady 2,000 msg/s a commit held ~1.5
-/// claims and the commits' fixed cost was most of herald's CPU; waiting a
-/// millisecond cut herald's CPU by a quarter and the p99 with it (the
-/// cores were less contended), for ~1 ms more at p50 (docs/benchmarks.md,
-/// 2026-12-06). It delays sends, so it is short, and skipped once
+/// claims, and the commits, mostly their fixed cost, took ~44 % of the I/O
+/// threads; waiting a millisecond cut herald's CPU by a fifth to a quarter
+/// and the p99 with it (the cores were less contended), for ~1 ms more at
+/// p50 (docs/benchmarks.md, 2026-12-06). It delays sends, so it is short, and skipped once
 /// [`CLAIM_COMPANY`] claims are queued.
 pub const CLAIM_LINGER: Duration = Duration::from_millis(1);
 /// Queued claims that commit at once, without lingering.

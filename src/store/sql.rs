@@ -1,6 +1,7 @@
 //! The statements, one text for both backends (SQLite reads `$N` as the Nth
 //! bound value, as PostgreSQL does). What differs, the locking read of a
-//! claim and the table functions over JSON, is in [`Dialect`].
+//! claim, the table functions over JSON and retention's deletes of
+//! messages, is in [`Dialect`].
 
 /// The statements whose text differs per backend.
 #[derive(Debug)]
