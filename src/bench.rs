@@ -503,14 +503,12 @@ impl CpuMarks {
 /// told, say without the right to read other processes' descriptors).
 fn broker_pid(broker: &str) -> Option<u32> {
     let url = url::Url::parse(broker).ok()?;
-    // `amqp` is not a scheme the URL standard knows, so its host is kept
-    // as written: an address is parsed here.
+    // `amqp` is not a scheme the URL standard knows, so an IPv4 host is
+    // kept as written (a bracketed IPv6 one is still parsed).
     let local = match url.host()? {
         url::Host::Domain(d) => {
             d == "localhost"
-                || d.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
+                || d.parse::<std::net::Ipv4Addr>()
                     .is_ok_and(|ip| ip.is_loopback())
         }
         url::Host::Ipv4(ip) => ip.is_loopback(),
@@ -971,6 +969,17 @@ mod tests {
             None
         );
         assert_eq!(broker_pid("not a url"), None);
+        // What `broker_pid` relies on: an amqp URL keeps an IPv4 host as
+        // written and parses a bracketed IPv6 one.
+        let host = |u: &str| url::Url::parse(u).unwrap().host().map(|h| h.to_owned());
+        assert_eq!(
+            host("amqp://127.0.0.1:5672"),
+            Some(url::Host::Domain("127.0.0.1".to_owned()))
+        );
+        assert_eq!(
+            host("amqp://[::1]:5672"),
+            Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+        );
     }
 
     #[test]

@@ -105,8 +105,6 @@ pub struct Journal {
     linger_until: Option<Instant>,
     /// Claims waiting for the next transaction.
     claims: VecDeque<Submit>,
-    /// When the oldest of `claims` began to wait.
-    claims_since: Option<Instant>,
     /// Claimed jobs whose provider was restarting.
     unsent: Vec<Submit>,
     /// Jobs another process is still sending, to be claimed again after
@@ -135,7 +133,6 @@ impl Journal {
             records_since: None,
             linger_until: None,
             claims: VecDeque::new(),
-            claims_since: None,
             unsent: Vec::new(),
             elsewhere: Vec::new(),
             busy: false,
@@ -155,7 +152,6 @@ impl Journal {
             return;
         }
         self.active.insert(id, Instant::now());
-        self.claims_since.get_or_insert_with(Instant::now);
         self.claims.push_back(submit);
     }
 
@@ -219,7 +215,10 @@ impl Journal {
             if self.claims.len() >= CLAIM_COMPANY {
                 return false;
             }
-            (self.claims_since, self.params.claim_linger)
+            // The oldest claim's wait began when it was queued (`active`).
+            let oldest = self.claims.front().map(|s| &s.job.event_id);
+            let since = oldest.and_then(|id| self.active.get(id)).copied();
+            (since, self.params.claim_linger)
         } else {
             if self.records.len() >= MAX_BATCH {
                 return false;
@@ -259,9 +258,6 @@ impl Journal {
         }
         let n = self.claims.len().min(MAX_BATCH);
         let claims: Vec<Submit> = self.claims.drain(..n).collect();
-        if self.claims.is_empty() {
-            self.claims_since = None;
-        }
         let rows = records.iter().map(|r| r.record.clone()).collect();
         let reqs = claims
             .iter()
@@ -310,9 +306,6 @@ impl Journal {
 
     /// Puts claims back in front of the queue (a failed batch's).
     fn requeue_claims(&mut self, batch: Vec<Submit>) {
-        if !batch.is_empty() {
-            self.claims_since.get_or_insert_with(Instant::now);
-        }
         for s in batch.into_iter().rev() {
             self.claims.push_front(s);
         }
@@ -383,7 +376,6 @@ impl Journal {
                 if self.elsewhere.is_empty() {
                     ctx.run_later(IN_FLIGHT_RECHECK, |act, ctx| {
                         // Still active here, so straight back in the queue.
-                        act.claims_since.get_or_insert_with(Instant::now);
                         act.claims.extend(std::mem::take(&mut act.elsewhere));
                         act.flush(ctx);
                     });
