@@ -258,6 +258,17 @@ async fn every_bad_input_is_dead_lettered_once_with_its_reason_and_the_engine_ke
 }
 
 #[actix_rt::test]
+async fn herald_proposes_its_small_frame_and_the_broker_takes_it() {
+    let w = World::new();
+    let conn = herald::amqp::connect(&w.vhost.url(), 10).await.unwrap();
+    // RabbitMQ offers 128 KiB; herald's smaller proposal wins. The 300 KiB
+    // event of the bad-input test crosses such a connection in many frames.
+    assert_eq!(conn.configuration().frame_max(), herald::amqp::FRAME_MAX);
+    const { assert!(herald::amqp::FRAME_MAX < 128 * 1024) };
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[actix_rt::test]
 async fn a_class_sender_that_panics_holding_deliveries_is_restarted_and_every_delivery_is_sent() {
     let mut w = World::new();
     // Two a second: most deliveries are waiting in the actor when it dies.

@@ -10,20 +10,33 @@ pub mod topology;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 
-/// Connects with herald's client name and the configured heartbeat.
+/// The largest AMQP frame herald proposes (RabbitMQ's default is 128 KiB).
+/// lapin keeps a receive and a send ring of 32 frames per connection, and a
+/// steady stream of deliveries cycles through all of the receive ring: at
+/// 128 KiB frames that is 8 MiB resident, at 16 KiB 1 MiB. A message larger
+/// than a frame goes as several body frames; events are far smaller.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
+/// Connects with herald's client name, the configured heartbeat and
+/// [`FRAME_MAX`] (each unless the URL sets its own).
 pub async fn connect(url: &str, heartbeat_secs: u16) -> lapin::Result<Connection> {
-    let url = with_heartbeat(url, heartbeat_secs);
+    let url = with_default(url, "heartbeat", heartbeat_secs.into());
+    let url = with_default(&url, "frame_max", FRAME_MAX);
     let props = ConnectionProperties::default().with_connection_name("herald".into());
     Connection::connect(&url, props).await
 }
 
-/// Adds `heartbeat=N` to an AMQP URL unless it has one.
-fn with_heartbeat(url: &str, secs: u16) -> String {
-    if url.contains("heartbeat=") {
+/// Adds `key=value` to an AMQP URL's query unless it has that key.
+fn with_default(url: &str, key: &str, value: u32) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some(key))
+    {
         return url.to_owned();
     }
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}heartbeat={secs}")
+    format!("{url}{sep}{key}={value}")
 }
 
 /// Reads a header as text.
@@ -68,18 +81,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_is_added_once() {
+    fn a_query_default_is_added_once() {
         assert_eq!(
-            with_heartbeat("amqp://h/%2f", 10),
+            with_default("amqp://h/%2f", "heartbeat", 10),
             "amqp://h/%2f?heartbeat=10"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/?x=1", 10),
+            with_default("amqp://h/?x=1", "heartbeat", 10),
             "amqp://h/?x=1&heartbeat=10"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/?heartbeat=3", 10),
+            with_default("amqp://h/?heartbeat=3", "heartbeat", 10),
             "amqp://h/?heartbeat=3"
+        );
+        // A key that merely ends like another is not that key.
+        assert_eq!(
+            with_default("amqp://h/?x_frame_max=1", "frame_max", 16384),
+            "amqp://h/?x_frame_max=1&frame_max=16384"
+        );
+        assert_eq!(
+            with_default("amqp://h/?heartbeat=3&frame_max=4096", "frame_max", 16384),
+            "amqp://h/?heartbeat=3&frame_max=4096"
         );
     }
 
