@@ -46,6 +46,20 @@ use crate::fakes::{
 
 const BASELINE_QUEUE: &str = "bench.baseline";
 
+/// The baseline's prefetch: how many deliveries it holds at once.
+const BASELINE_PREFETCH: u16 = 500;
+
+/// herald's prefetch per class in the bench (the shipped config has 64, see
+/// `docs/deploy.md`). Four classes hold 512 deliveries, the baseline's
+/// window: at 20 ms a provider call, 64 a class caps herald at
+/// 4 × 64 ÷ 20 ms ≈ 12,800 msg/s before anything else does.
+pub const BENCH_PREFETCH: u16 = 128;
+
+/// Provider calls in flight per provider in the bench (the shipped config
+/// has Twilio's 16 and Resend's 8). Each open connection costs herald
+/// ~40 KB of buffers; 256 a provider keeps up with 512 deliveries in flight.
+const BENCH_MAX_CONCURRENCY: u32 = 256;
+
 /// What to measure.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -69,10 +83,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "multiple")]
     pub ack: String,
     /// herald's prefetch per class queue (`amqp.prefetch`): the deliveries
-    /// each class may hold at once, which bounds herald's memory (default:
-    /// the shipped config's).
-    #[arg(long)]
-    pub prefetch: Option<u16>,
+    /// each class may hold at once, which bounds herald's memory.
+    #[arg(long, default_value_t = BENCH_PREFETCH)]
+    pub prefetch: u16,
     /// Share of herald's provider requests (0 to 0.5) the fakes answer
     /// with a 500, retried by herald.
     #[arg(long, default_value_t = 0.0)]
@@ -269,8 +282,8 @@ async fn baseline(
     )
     .await?;
     let before = twilio.sent_count();
-    let prefetch: u16 = 500;
-    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    ch.basic_qos(BASELINE_PREFETCH, BasicQosOptions::default())
+        .await?;
     let mut consumer = ch
         .basic_consume(
             BASELINE_QUEUE.into(),
@@ -390,21 +403,21 @@ pub fn rewrite_config(classes: Option<&[String]>, overrides: &[(&str, &str)]) ->
 }
 
 fn bench_config(classes: &[String], args: &BenchArgs) -> String {
-    let prefetch = args
-        .prefetch
-        .map(|p| ("prefetch = ", format!("prefetch = {p}")));
     let mut overrides = vec![
         (
             "rate_limit = ",
             "rate_limit = { sms = 10000000, email = 10000000 }".to_owned(),
         ),
-        ("max_concurrency = ", "max_concurrency = 512".to_owned()),
+        (
+            "max_concurrency = ",
+            format!("max_concurrency = {BENCH_MAX_CONCURRENCY}"),
+        ),
+        ("prefetch = ", format!("prefetch = {}", args.prefetch)),
         ("rate_per_sec = ", "rate_per_sec = 1000000.0".to_owned()),
         // The time of day must not decide what a benchmark measures.
         ("enabled = true", "enabled = false".to_owned()),
         ("instances = ", format!("instances = {}", args.instances)),
     ];
-    overrides.extend(prefetch);
     if args.error_rate > 0.0 {
         // Every event is sent in the end, and soon: 21 errors in a row at
         // a rate of 0.5 come once in two million events.

@@ -3,7 +3,7 @@
 //! docs/benchmarks.md, never asserted here.) Uses the real broker (vhost
 //! `herald-bench`) and PostgreSQL, as the bench does.
 
-use herald::bench::{run, BenchArgs};
+use herald::bench::{run, BenchArgs, BENCH_PREFETCH};
 
 fn args(events: usize) -> BenchArgs {
     BenchArgs {
@@ -13,7 +13,7 @@ fn args(events: usize) -> BenchArgs {
         store: "sqlite".into(),
         rate: None,
         ack: "multiple".into(),
-        prefetch: None,
+        prefetch: BENCH_PREFETCH,
         error_rate: 0.0,
         instances: 1,
         no_baseline: true,
