@@ -141,6 +141,17 @@ async fn two_instances_handed_copies_of_one_event_at_once_send_it_once() {
     };
     let (by_a, by_b) = (took(a.http_addr).await, took(b.http_addr).await);
     assert!(by_a > 0.0 && by_b > 0.0, "a took {by_a}, b took {by_b}");
+    // And the copies overlapped: some claim found the other instance's
+    // call still open and waited for it (else the suppressed copies only
+    // came after their sends had finished).
+    let waited_series =
+        r#"herald_claims_in_flight_elsewhere_total{channel="sms",class="weekly_checkin"}"#;
+    let waited =
+        metric(a.http_addr, waited_series).await + metric(b.http_addr, waited_series).await;
+    assert!(
+        waited >= 1.0,
+        "no claim waited for the other instance's call"
+    );
     a.stop(Duration::from_secs(5)).await;
     b.stop(Duration::from_secs(5)).await;
 }

@@ -373,6 +373,10 @@ impl Journal {
             ClaimVerdict::InFlightElsewhere => {
                 info!(event_id = %job.event_id, class = %job.class,
                     "another herald process is sending this event; claiming it again shortly");
+                self.registry.observe(Observe::InFlightElsewhere {
+                    channel: job.channel,
+                    class: job.class.clone(),
+                });
                 if self.elsewhere.is_empty() {
                     ctx.run_later(IN_FLIGHT_RECHECK, |act, ctx| {
                         // Still active here, so straight back in the queue.

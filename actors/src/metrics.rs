@@ -55,6 +55,7 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     pub outcome_unknown: IntCounterVec,
     pub duplicates_suppressed: IntCounterVec,
+    pub in_flight_elsewhere: IntCounterVec,
     pub webhooks: IntCounterVec,
     pub deferred: IntCounterVec,
     pub scheduled: prometheus::IntGauge,
@@ -160,6 +161,14 @@ impl Metrics {
                 &["channel", "class"],
             )
             .expect("valid metric"),
+            in_flight_elsewhere: IntCounterVec::new(
+                Opts::new(
+                    "herald_claims_in_flight_elsewhere_total",
+                    "Claims that found the event's call still open in another herald process; each waits and claims again.",
+                ),
+                &["channel", "class"],
+            )
+            .expect("valid metric"),
             webhooks: IntCounterVec::new(
                 Opts::new(
                     "herald_webhooks_total",
@@ -256,6 +265,7 @@ impl Metrics {
             Box::new(m.actor_restarts.clone()),
             Box::new(m.outcome_unknown.clone()),
             Box::new(m.duplicates_suppressed.clone()),
+            Box::new(m.in_flight_elsewhere.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.deferred.clone()),
             Box::new(m.scheduled.clone()),
@@ -294,6 +304,8 @@ impl Metrics {
             self.outcome_unknown
                 .with_label_values(&[ch.as_str(), class]);
             self.duplicates_suppressed
+                .with_label_values(&[ch.as_str(), class]);
+            self.in_flight_elsewhere
                 .with_label_values(&[ch.as_str(), class]);
         }
     }

@@ -117,6 +117,10 @@ impl Handler<Observe> for MetricsActor {
                 .duplicates_suppressed
                 .with_label_values(&[channel.as_str(), &class])
                 .inc(),
+            Observe::InFlightElsewhere { channel, class } => m
+                .in_flight_elsewhere
+                .with_label_values(&[channel.as_str(), &class])
+                .inc(),
         }
     }
 }

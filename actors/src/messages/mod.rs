@@ -127,6 +127,12 @@ pub enum Observe {
         channel: Channel,
         class: Arc<str>,
     },
+    /// A claim found the event claimed by another herald process whose
+    /// call may still be running: the delivery waits and claims again.
+    InFlightElsewhere {
+        channel: Channel,
+        class: Arc<str>,
+    },
 }
 
 /// The class's [`ClassRate`](crate::class_sender::ClassRate) changed:
