@@ -437,8 +437,11 @@ async fn kill_9_five_times_mid_flight_loses_nothing() {
         "email is never sent twice: {:?}",
         r.email_twice
     );
-    // An SMS may repeat only if its request was open at a kill, and then it
-    // is recorded outcome_unknown.
+    // An SMS may repeat only if its attempt was unfinished in the store at
+    // a kill (its request open, or answered but its record not yet
+    // committed), and then it is recorded outcome_unknown. The bound counts
+    // the open requests (max_concurrency 32): at this rate a commit leaves
+    // only a few answered records waiting at any moment.
     let store = herald::store::Store::open(&rig.store_url).await.unwrap();
     for id in &r.sms_twice {
         let view = store.message(id).await.unwrap().expect("a record");
