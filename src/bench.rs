@@ -140,6 +140,10 @@ pub struct Results {
     pub ack_mode: String,
     pub error_rate: f64,
     pub instances: usize,
+    /// herald's prefetch per class queue in this run.
+    pub prefetch: u16,
+    /// Provider calls herald may have in flight, per provider.
+    pub provider_max_concurrency: u32,
     pub baseline: Option<Run>,
     pub herald: Run,
     /// herald's throughput over the baseline's.
@@ -902,6 +906,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         ack_mode: args.ack.clone(),
         error_rate: args.error_rate,
         instances: args.instances,
+        prefetch: args.prefetch,
+        provider_max_concurrency: BENCH_MAX_CONCURRENCY,
         baseline: base,
         herald,
         ratio,
@@ -945,6 +951,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     if let Some(r) = results.ratio {
         println!("herald / baseline: {r:.2}");
     }
+    println!(
+        "herald ran at prefetch {} per class, {} calls in flight per provider",
+        results.prefetch, results.provider_max_concurrency
+    );
     if let Some(n) = results.herald.provider_errors {
         println!(
             "provider errors answered (error rate {}): {n}, each retried",
@@ -960,6 +970,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bench_config_sets_what_the_bench_says_it_runs_at() {
+        let args = BenchArgs {
+            events: 10,
+            latency_ms: 0,
+            classes: None,
+            store: "sqlite".into(),
+            rate: None,
+            ack: "multiple".into(),
+            prefetch: 96,
+            error_rate: 0.0,
+            instances: 1,
+            no_baseline: true,
+            broker: String::new(),
+            json: None,
+            herald_exe: None,
+        };
+        let classes = vec!["weekly_checkin".to_owned(), "payment_reminder".to_owned()];
+        let text = bench_config(&classes, &args);
+        let config = crate::config::Config::from_toml_str(&text, &|_| None).unwrap();
+        assert_eq!(config.amqp.prefetch, 96);
+        assert_eq!(
+            config.providers.twilio.max_concurrency,
+            BENCH_MAX_CONCURRENCY
+        );
+        assert_eq!(
+            config.providers.resend.max_concurrency,
+            BENCH_MAX_CONCURRENCY
+        );
+        assert_eq!(
+            config.classes.keys().collect::<Vec<_>>(),
+            ["payment_reminder", "weekly_checkin"]
+        );
+    }
 
     #[test]
     fn the_listening_socket_of_a_port_is_found_in_a_proc_table() {

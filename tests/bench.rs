@@ -61,6 +61,7 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(written["instances"], 2);
+    assert_eq!(written["prefetch"], BENCH_PREFETCH);
     assert_eq!(written["error_rate"], 0.2);
     assert_eq!(written["herald"]["provider_errors"], errors);
     assert!(written["herald"]["broker_cpu_seconds"].as_f64().is_some());
