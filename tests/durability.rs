@@ -109,15 +109,8 @@ async fn two_instances_handed_copies_of_one_event_at_once_send_it_once() {
         .collect();
     publish_many(&conn, "weekly_checkin", &doubled).await;
     let series = r#"herald_duplicates_suppressed_total{channel="sms",class="weekly_checkin"}"#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut suppressed = 0.0;
-    while tokio::time::Instant::now() < deadline {
-        suppressed = metric(a.http_addr, series).await + metric(b.http_addr, series).await;
-        if suppressed >= N as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let both = [a.http_addr, b.http_addr];
+    let suppressed = metric_sum_reaching(&both, series, N as f64, 30).await;
     assert_eq!(
         suppressed, N as f64,
         "every second copy found its event sent"
@@ -146,8 +139,7 @@ async fn two_instances_handed_copies_of_one_event_at_once_send_it_once() {
     // came after their sends had finished).
     let waited_series =
         r#"herald_claims_in_flight_elsewhere_total{channel="sms",class="weekly_checkin"}"#;
-    let waited =
-        metric(a.http_addr, waited_series).await + metric(b.http_addr, waited_series).await;
+    let waited = metric_sum_reaching(&both, waited_series, 1.0, 1).await;
     assert!(
         waited >= 1.0,
         "no claim waited for the other instance's call"

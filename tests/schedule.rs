@@ -274,14 +274,7 @@ async fn a_recurring_schedule_publishes_each_occurrence_once_across_two_instance
     // Both published it: the second copy was taken as a duplicate.
     let duplicates =
         r#"herald_duplicates_suppressed_total{channel="email",class="career_insights"}"#;
-    let mut taken = 0.0;
-    for _ in 0..100 {
-        taken = metric(a.http_addr, duplicates).await + metric(b.http_addr, duplicates).await;
-        if taken >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let taken = metric_sum_reaching(&[a.http_addr, b.http_addr], duplicates, 1.0, 5).await;
     assert_eq!(taken, 1.0, "the other instance's copy");
     assert_eq!(
         w.resend.sent_count(),

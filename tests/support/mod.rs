@@ -334,9 +334,22 @@ pub async fn metric_reaching(
     want: f64,
     secs: u64,
 ) -> f64 {
+    metric_sum_reaching(&[addr], series, want, secs).await
+}
+
+/// [`metric_reaching`] for the sum of `series` over several instances.
+pub async fn metric_sum_reaching(
+    addrs: &[std::net::SocketAddr],
+    series: &str,
+    want: f64,
+    secs: u64,
+) -> f64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let v = metric(addr, series).await;
+        let mut v = 0.0;
+        for addr in addrs {
+            v += metric(*addr, series).await;
+        }
         if v >= want || tokio::time::Instant::now() > deadline {
             return v;
         }
