@@ -304,11 +304,16 @@ async fn settle(w: &World, published: &[Published], secs: u64) -> Report {
     }
 }
 
+/// Messages the providers accepted, SMS and email.
+fn sent(w: &World) -> usize {
+    w.twilio.sent_count() + w.resend.sent_count()
+}
+
 /// Waits until the providers accepted `count` messages: the fault then
 /// strikes mid-flight.
 async fn wait_until_sent(w: &World, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while w.twilio.sent_count() + w.resend.sent_count() < count {
+    while sent(w) < count {
         assert!(Instant::now() < deadline, "nothing flowing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -412,17 +417,15 @@ async fn kill_9_five_times_mid_flight_loses_nothing() {
     let rig = Rig::at_rate(6_000);
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "k9").await;
-    let w = &rig.world;
-    let sent = || w.twilio.sent_count() + w.resend.sent_count();
     let mut kills = Vec::new();
     for k in 1..=5 {
         // The k-th kill once k sixths have gone, give or take a few.
         let due = k * n / 6 + rand::random_range(0..n / 30);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while sent() < due && tokio::time::Instant::now() < deadline {
+        while sent(&rig.world) < due && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let at = sent();
+        let at = sent(&rig.world);
         assert!(at < n, "kill {k} came after every send ({at} of {n})");
         kills.push(at);
         herald.kill9();
@@ -497,8 +500,7 @@ async fn rabbitmq_stopped_and_started_mid_flight_herald_recovers_alone() {
     wait_until_sent(&rig.world, n / 4).await;
     {
         let _stopped = BrokerStopped::stop();
-        let w = &rig.world;
-        let at = w.twilio.sent_count() + w.resend.sent_count();
+        let at = sent(&rig.world);
         assert!(at < n, "the broker stopped after every send");
         eprintln!("broker stopped with {at} of {n} sent");
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -564,9 +566,7 @@ async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() 
     let mut herald = rig.start().await;
     let published = publish_mixed(&rig.world, n, "term").await;
     wait_until_sent(&rig.world, n / 5).await;
-    let w = &rig.world;
-    let sent = || w.twilio.sent_count() + w.resend.sent_count();
-    let at_term = sent();
+    let at_term = sent(&rig.world);
     let pid = herald.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -590,7 +590,7 @@ async fn sigterm_mid_flight_exits_0_within_the_grace_period_and_loses_nothing() 
         "exit status {status}; log:\n{}",
         rig.log_tail()
     );
-    let at_exit = sent();
+    let at_exit = sent(&rig.world);
     eprintln!("sigterm with {at_term} of {n} sent, exit with {at_exit}");
     assert!(at_exit < n, "SIGTERM came after every send");
     // A clean stop logs no error (lapin used to log a connection ERROR for
