@@ -973,21 +973,14 @@ mod tests {
 
     #[test]
     fn the_bench_config_sets_what_the_bench_says_it_runs_at() {
-        let args = BenchArgs {
-            events: 10,
-            latency_ms: 0,
-            classes: None,
-            store: "sqlite".into(),
-            rate: None,
-            ack: "multiple".into(),
-            prefetch: 96,
-            error_rate: 0.0,
-            instances: 1,
-            no_baseline: true,
-            broker: String::new(),
-            json: None,
-            herald_exe: None,
-        };
+        // As the command line gives them, its defaults included.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let args =
+            <Cli as clap::Parser>::parse_from(["bench", "--events", "10", "--prefetch", "96"]).args;
         let classes = vec!["weekly_checkin".to_owned(), "payment_reminder".to_owned()];
         let text = bench_config(&classes, &args);
         let config = crate::config::Config::from_toml_str(&text, &|_| None).unwrap();
