@@ -54,8 +54,8 @@ pub const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// claims, and the commits, mostly their fixed cost, took ~44 % of the I/O
 /// threads; waiting a millisecond cut herald's CPU by a fifth to a quarter
 /// and the p99 with it (the cores were less contended), for ~1 ms more at
-/// p50 (docs/benchmarks.md, 2026-12-06). It delays sends, so it is short, and skipped once
-/// [`CLAIM_COMPANY`] claims are queued.
+/// p50 (docs/benchmarks.md, 2026-12-06). It delays sends, so it is short,
+/// and skipped once [`CLAIM_COMPANY`] claims are queued.
 pub const CLAIM_LINGER: Duration = Duration::from_millis(1);
 /// Queued claims that commit at once, without lingering.
 pub const CLAIM_COMPANY: usize = 16;
