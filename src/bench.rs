@@ -118,6 +118,9 @@ pub struct Run {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
+    /// The engine's CPU seconds: herald's processes over their lives; for
+    /// the baseline, this process's threads other than the fakes' over the
+    /// timed part (the bare consumer and its lapin thread).
     pub cpu_seconds: Option<f64>,
     pub peak_rss_mb: Option<f64>,
     /// Requests the fakes answered with a 500 (`--error-rate`).
@@ -126,6 +129,8 @@ pub struct Run {
     /// process (the fakes; with `--rate` the publisher too; in the
     /// baseline the bare consumer too) ...
     pub bench_cpu_seconds: Option<f64>,
+    /// ... of which the fakes' threads, the providers' share ...
+    pub fakes_cpu_seconds: Option<f64>,
     /// ... the broker, when it runs on this machine ...
     pub broker_cpu_seconds: Option<f64>,
     /// ... and what no process used (0 to 1 of all cores).
@@ -368,10 +373,14 @@ async fn baseline(
         latency_p50_ms: None,
         latency_p99_ms: None,
         latency_max_ms: None,
-        cpu_seconds: None,
+        cpu_seconds: shares
+            .bench
+            .zip(shares.fakes)
+            .map(|(all, fakes)| all - fakes),
         peak_rss_mb: None,
         provider_errors: None,
         bench_cpu_seconds: shares.bench,
+        fakes_cpu_seconds: shares.fakes,
         broker_cpu_seconds: shares.broker,
         machine_idle_share: shares.idle,
     })
@@ -437,16 +446,9 @@ fn bench_config(classes: &[String], args: &BenchArgs) -> String {
 
 /// CPU seconds (user + system) and peak RSS (MB) of a process, from /proc.
 fn proc_usage(pid: u32) -> (Option<f64>, Option<f64>) {
-    let ticks = 100.0; // USER_HZ on Linux
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        });
+        .and_then(|s| stat_cpu(&s));
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -455,6 +457,46 @@ fn proc_usage(pid: u32) -> (Option<f64>, Option<f64>) {
             Some(kb / 1024.0)
         });
     (cpu, rss)
+}
+
+/// The CPU seconds (user and system) of a `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> Option<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// Whether a thread of this process serves the fakes: each fake's own
+/// thread (`fake-twilio`, `fake-resend`) and the actix threads it starts.
+/// The bench itself runs on its main thread and lapin's.
+fn is_fake_thread(name: &str) -> bool {
+    name.starts_with("fake-") || name.starts_with("actix-")
+}
+
+/// This process's fake-serving threads: name and CPU seconds so far.
+fn fake_threads() -> Option<Vec<(String, f64)>> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("", |(name, _)| name);
+        if is_fake_thread(name) {
+            found.push((name.to_owned(), stat_cpu(&stat)?));
+        }
+    }
+    Some(found)
+}
+
+/// The CPU seconds of this process's fake-serving threads so far.
+fn fakes_cpu() -> Option<f64> {
+    Some(fake_threads()?.iter().map(|(_, cpu)| cpu).sum())
 }
 
 /// The machine's idle and total CPU time so far (clock ticks, all cores),
@@ -477,6 +519,7 @@ struct CpuMarks {
     /// The broker's process, if it runs on this machine ([`broker_pid`]).
     broker_pid: Option<u32>,
     bench: Option<f64>,
+    fakes: Option<f64>,
     broker: Option<f64>,
     machine: Option<(u64, u64)>,
 }
@@ -484,6 +527,7 @@ struct CpuMarks {
 /// What [`CpuMarks`] counted up to the end of the timed part.
 struct CpuShares {
     bench: Option<f64>,
+    fakes: Option<f64>,
     broker: Option<f64>,
     idle: Option<f64>,
 }
@@ -493,6 +537,7 @@ impl CpuMarks {
         CpuMarks {
             broker_pid,
             bench: proc_usage(std::process::id()).0,
+            fakes: fakes_cpu(),
             broker: broker_pid.and_then(|pid| proc_usage(pid).0),
             machine: machine_ticks(),
         }
@@ -509,6 +554,7 @@ impl CpuMarks {
         };
         CpuShares {
             bench: spent(self.bench, now.bench),
+            fakes: spent(self.fakes, now.fakes),
             broker: spent(self.broker, now.broker),
             idle,
         }
@@ -748,6 +794,7 @@ async fn herald_run(
         provider_errors: (args.error_rate > 0.0)
             .then(|| twilio.random_errors() + resend.random_errors() - errors_before),
         bench_cpu_seconds: shares.bench,
+        fakes_cpu_seconds: shares.fakes,
         broker_cpu_seconds: shares.broker,
         machine_idle_share: shares.idle,
     })
@@ -913,7 +960,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         ratio,
     };
     println!(
-        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
         "run",
         "events",
         "seconds",
@@ -924,6 +971,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         "cpu s",
         "rss MB",
         "bench s",
+        "fakes s",
         "broker s",
         "idle %"
     );
@@ -933,7 +981,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         .chain(std::iter::once(&results.herald))
     {
         println!(
-            "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+            "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
             r.name,
             r.events,
             r.seconds,
@@ -944,6 +992,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
             fmt_opt(r.cpu_seconds, 2),
             fmt_opt(r.peak_rss_mb, 1),
             fmt_opt(r.bench_cpu_seconds, 2),
+            fmt_opt(r.fakes_cpu_seconds, 2),
             fmt_opt(r.broker_cpu_seconds, 2),
             fmt_opt(r.machine_idle_share.map(|s| s * 100.0), 0)
         );
@@ -951,6 +1000,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     if let Some(r) = results.ratio {
         println!("herald / baseline: {r:.2}");
     }
+    // On a machine with no idle core, throughput follows what a message
+    // costs everyone: these figures compare across machines and runs.
+    let per_message = |r: &Run| {
+        [r.cpu_seconds, r.fakes_cpu_seconds, r.broker_cpu_seconds]
+            .map(|s| fmt_opt(s.map(|s| s * 1e6 / r.events as f64), 0))
+            .join(" / ")
+    };
+    let costs: Vec<String> = results
+        .baseline
+        .iter()
+        .map(|b| format!("bare consumer {}", per_message(b)))
+        .chain(std::iter::once(format!(
+            "herald {}",
+            per_message(&results.herald)
+        )))
+        .collect();
+    println!(
+        "CPU µs per message (engine / fakes / broker): {}",
+        costs.join("; ")
+    );
     println!(
         "herald ran at prefetch {} per class, {} calls in flight per provider",
         results.prefetch, results.provider_max_concurrency
@@ -970,6 +1039,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fakes_threads_are_told_apart_from_the_benchs_own() {
+        let twilio = FakeTwilio::start(SID, TOKEN).unwrap();
+        let resend = FakeResend::start(KEY).unwrap();
+        let found = fake_threads().expect("/proc/self/task");
+        let names: Vec<String> = found.into_iter().map(|(name, _)| name).collect();
+        // Each fake's own thread, and the actix worker that serves it.
+        assert!(names.iter().any(|n| n == "fake-twilio"), "{names:?}");
+        assert!(names.iter().any(|n| n == "fake-resend"), "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("actix-")), "{names:?}");
+        // Not the thread the bench and the bare consumer run on.
+        let me = std::thread::current().name().map(str::to_owned);
+        assert!(!is_fake_thread(me.as_deref().unwrap_or("")), "{me:?}");
+        drop((twilio, resend));
+    }
 
     #[test]
     fn the_bench_config_sets_what_the_bench_says_it_runs_at() {
