@@ -155,6 +155,13 @@ pub struct Results {
     pub ratio: Option<f64>,
 }
 
+impl Results {
+    /// The baseline's run, if it ran, then herald's.
+    fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.baseline.iter().chain(std::iter::once(&self.herald))
+    }
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -975,11 +982,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         "broker s",
         "idle %"
     );
-    for r in results
-        .baseline
-        .iter()
-        .chain(std::iter::once(&results.herald))
-    {
+    for r in results.runs() {
         println!(
             "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
             r.name,
@@ -1002,19 +1005,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     }
     // On a machine with no idle core, throughput follows what a message
     // costs everyone: these figures compare across machines and runs.
-    let per_message = |r: &Run| {
-        [r.cpu_seconds, r.fakes_cpu_seconds, r.broker_cpu_seconds]
-            .map(|s| fmt_opt(s.map(|s| s * 1e6 / r.events as f64), 0))
-            .join(" / ")
-    };
     let costs: Vec<String> = results
-        .baseline
-        .iter()
-        .map(|b| format!("bare consumer {}", per_message(b)))
-        .chain(std::iter::once(format!(
-            "herald {}",
-            per_message(&results.herald)
-        )))
+        .runs()
+        .map(|r| {
+            let who = r
+                .name
+                .split_once(" (")
+                .map_or(r.name.as_str(), |(who, _)| who);
+            let per_message = [r.cpu_seconds, r.fakes_cpu_seconds, r.broker_cpu_seconds]
+                .map(|s| fmt_opt(s.map(|s| s * 1e6 / r.events as f64), 0));
+            format!("{who} {}", per_message.join(" / "))
+        })
         .collect();
     println!(
         "CPU µs per message (engine / fakes / broker): {}",
