@@ -1045,6 +1045,11 @@ mod tests {
     fn the_fakes_threads_are_told_apart_from_the_benchs_own() {
         let twilio = FakeTwilio::start(SID, TOKEN).unwrap();
         let resend = FakeResend::start(KEY).unwrap();
+        // The actix worker threads start when each server is first polled,
+        // after `start` returns: one answered request proves they are up.
+        for base in [twilio.base_url(), resend.base_url()] {
+            answered(&base);
+        }
         let found = fake_threads().expect("/proc/self/task");
         let names: Vec<String> = found.into_iter().map(|(name, _)| name).collect();
         // Each fake's own thread, and the actix worker that serves it.
@@ -1058,6 +1063,24 @@ mod tests {
         assert!(!names.iter().any(|n| *n == main.trim()), "{names:?}");
         assert!(!is_fake_thread("lapin-io-loop"));
         drop((twilio, resend));
+    }
+
+    /// Sends one request to a fake and waits for its whole answer.
+    fn answered(base_url: &str) {
+        use std::io::{Read, Write};
+        let addr = base_url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     }
 
     #[test]
