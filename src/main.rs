@@ -10,10 +10,12 @@ use clap::{Parser, Subcommand};
 use herald::amqp::publisher::Publisher;
 use herald::amqp::topology;
 use herald::config::Config;
+use herald::engine::Engine;
 
 /// jemalloc, not glibc's malloc: herald allocates on its I/O threads and
 /// frees on the actor thread, where glibc spent ~14 % of herald's CPU
 /// (docs/adr/0004-jemalloc.md has the measurements).
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -21,9 +23,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// busy threads, not a pool of hundreds) and freed pages returned within a
 /// second, which keeps peak RSS near glibc's. `_RJEM_MALLOC_CONF` in the
 /// environment overrides them.
+#[cfg(not(target_env = "msvc"))]
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-use herald::engine::Engine;
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "An actor-based notification engine")]
