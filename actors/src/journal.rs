@@ -54,11 +54,12 @@ pub const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// claims, and the commits, mostly their fixed cost, took ~44 % of the I/O
 /// threads; waiting a millisecond cut herald's CPU by a fifth to a quarter
 /// and the p99 with it (the cores were less contended), for ~1 ms more at
-/// p50; two milliseconds cut another ~11 %, with no p50 or p99 change
-/// measured on a machine with no idle core (docs/benchmarks.md,
-/// 2026-12-06, the seventh and eighth sessions). It delays sends, so it is
-/// short, and skipped once [`CLAIM_COMPANY`] claims are queued.
-pub const CLAIM_LINGER: Duration = Duration::from_millis(2);
+/// p50. Two milliseconds cut another ~8–11 % of the CPU but raised the p99:
+/// 14–42 ms against 12–19 at one, alternated, where half a millisecond and
+/// none were worse still (docs/benchmarks.md, 2026-12-06, the seventh to
+/// ninth sessions). It delays sends, so it is short, and skipped once
+/// [`CLAIM_COMPANY`] claims are queued.
+pub const CLAIM_LINGER: Duration = Duration::from_millis(1);
 /// Queued claims that commit at once, without lingering.
 pub const CLAIM_COMPANY: usize = 16;
 /// [`JournalParams::stale_after`] unless the engine says otherwise.
