@@ -466,10 +466,17 @@ fn proc_usage(pid: u32) -> (Option<f64>, Option<f64>) {
     (cpu, rss)
 }
 
+/// A `/proc/.../stat` line's command name (between the parentheses, which
+/// it may itself contain) and the fields after it.
+fn stat_parts(stat: &str) -> Option<(&str, &str)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    Some((head.split_once('(')?.1, rest))
+}
+
 /// The CPU seconds (user and system) of a `/proc/.../stat` line.
 fn stat_cpu(stat: &str) -> Option<f64> {
     let ticks = 100.0; // USER_HZ on Linux
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let (_, rest) = stat_parts(stat)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
@@ -490,10 +497,7 @@ fn fake_threads() -> Option<Vec<(String, f64)>> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue; // the thread ended meanwhile
         };
-        let name = stat
-            .split_once('(')
-            .and_then(|(_, rest)| rest.rsplit_once(')'))
-            .map_or("", |(name, _)| name);
+        let name = stat_parts(&stat).map_or("", |(name, _)| name);
         if is_fake_thread(name) {
             found.push((name.to_owned(), stat_cpu(&stat)?));
         }
@@ -1048,7 +1052,7 @@ mod tests {
         // The actix worker threads start when each server is first polled,
         // after `start` returns: one answered request proves they are up.
         for base in [twilio.base_url(), resend.base_url()] {
-            answered(&base);
+            reqwest::blocking::get(base).expect("the fake answers");
         }
         let found = fake_threads().expect("/proc/self/task");
         let names: Vec<String> = found.into_iter().map(|(name, _)| name).collect();
@@ -1065,22 +1069,18 @@ mod tests {
         drop((twilio, resend));
     }
 
-    /// Sends one request to a fake and waits for its whole answer.
-    fn answered(base_url: &str) {
-        use std::io::{Read, Write};
-        let addr = base_url.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    #[test]
+    fn a_stat_line_splits_after_the_last_parenthesis() {
+        // A thread may name itself with parentheses and spaces.
+        let stat = "42 (tokio (io) 1) S 1 42 42 0 -1 4194560 0 0 0 0 250 130 0 0";
+        assert_eq!(
+            stat_parts(stat),
+            Some((
+                "tokio (io) 1",
+                " S 1 42 42 0 -1 4194560 0 0 0 0 250 130 0 0"
+            ))
+        );
+        assert_eq!(stat_cpu(stat), Some(3.8));
     }
 
     #[test]
