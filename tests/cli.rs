@@ -10,6 +10,27 @@ fn herald() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herald"))
 }
 
+/// The allocator's options compiled into the binary are the ones in force
+/// (a wrong symbol name would leave jemalloc on its defaults, silently).
+#[cfg(not(target_env = "msvc"))]
+#[test]
+fn the_binary_runs_on_jemalloc_with_its_own_options() {
+    let out = herald()
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.narenas: 2",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(stats.contains(option), "{option} not in:\n{stats}");
+    }
+}
+
 #[test]
 fn check_config_accepts_the_shipped_config() {
     let out = herald()
