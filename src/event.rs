@@ -108,14 +108,19 @@ pub fn decode(cfg: &Config, env: &Envelope, body: &[u8]) -> Result<Job, Rejectio
             ));
         }
     }
-    let id = string_field(wire.id, "id", "missing_id")?;
+    let id = key_field(wire.id, "id", "missing_id", "invalid_id")?;
     if id.chars().count() > MAX_ID_CHARS {
         return Err(Rejection::new(
             "id_too_long",
             format!("id is longer than {MAX_ID_CHARS} characters"),
         ));
     }
-    let user_id = string_field(wire.user_id, "user_id", "missing_user_id")?;
+    let user_id = key_field(
+        wire.user_id,
+        "user_id",
+        "missing_user_id",
+        "invalid_user_id",
+    )?;
 
     let channel = env.channel.unwrap_or_else(|| class_cfg.channel());
     let phone = non_empty(wire.to.phone);
@@ -249,6 +254,25 @@ fn string_field(v: Option<Value>, name: &str, reason: &'static str) -> Result<St
     }
 }
 
+/// A key the store files the event under: text without control characters
+/// (PostgreSQL cannot store U+0000 at all, and the others only make logs and
+/// lookups lie).
+fn key_field(
+    v: Option<Value>,
+    name: &str,
+    missing: &'static str,
+    invalid: &'static str,
+) -> Result<String, Rejection> {
+    let key = string_field(v, name, missing)?;
+    if key.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            invalid,
+            format!("{name} holds a control character"),
+        ));
+    }
+    Ok(key)
+}
+
 fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
@@ -356,6 +380,12 @@ mod tests {
         let mut e = spec_event();
         e["id"] = "x".repeat(129).into();
         assert_eq!(reason("payment_reminder", &event(e)), "id_too_long");
+        let mut e = spec_event();
+        e["id"] = "evt\u{0}7f3a".into();
+        assert_eq!(reason("payment_reminder", &event(e)), "invalid_id");
+        let mut e = spec_event();
+        e["user_id"] = "user\n123".into();
+        assert_eq!(reason("payment_reminder", &event(e)), "invalid_user_id");
     }
 
     #[test]

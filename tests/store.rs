@@ -224,6 +224,7 @@ on_both_backends!(
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
+    provider_text_with_a_nul_is_stored,
 );
 
 // ---------------------------------------------------------------------------
@@ -523,6 +524,34 @@ async fn sms_falls_back_to_email(db: &Db) {
         .await
         .unwrap();
     assert_eq!(view(store, "e1").await.status, Status::Sent);
+}
+
+/// PostgreSQL's text cannot hold U+0000: a provider's error or id with one
+/// must not fail the commit (the journal would try that batch forever).
+async fn provider_text_with_a_nul_is_stored(db: &Db) {
+    let store = &db.store;
+    store.claim(&[claim("nul", "sms", 1, T0)]).await.unwrap();
+    store
+        .record(&[record("nul", "sms", 1, retry("bad\0gateway"), T0 + 1)])
+        .await
+        .expect("an error with a NUL commits");
+    let again = store
+        .claim(&[claim("nul", "sms", 2, T0 + 2)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![SEND]);
+    store
+        .record(&[record("nul", "sms", 2, sent("SM\0one", 0.0079, 1), T0 + 3)])
+        .await
+        .expect("a provider id with a NUL commits");
+    let v = view(store, "nul").await;
+    assert_eq!(v.status.as_str(), "sent");
+    let kept = |s: &str| s.replace('\u{FFFD}', "\0");
+    assert_eq!(kept(v.provider_id.as_deref().unwrap()), "SM\0one");
+    assert_eq!(
+        kept(v.attempt_log[0].error.as_deref().unwrap()),
+        "bad\0gateway"
+    );
 }
 
 async fn dead_letter_and_suppression_are_final(db: &Db) {

@@ -31,6 +31,7 @@ pub(crate) enum Arg<'a> {
 impl serde::Serialize for Arg<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match *self {
+            Arg::Text(Some(v)) if v.contains('\0') => s.serialize_str(&without_nul(v)),
             Arg::Text(v) => v.serialize(s),
             Arg::Int(v) => v.serialize(s),
             Arg::Real(v) => v.serialize(s),
@@ -166,6 +167,15 @@ pub(crate) trait Exec {
     ) -> impl Future<Output = Result<u64, StoreError>>;
 }
 
+/// PostgreSQL's text (and `jsonb`) cannot hold U+0000, and a batch with
+/// one such value would fail every time the journal tried it again, holding
+/// up every class. Event ids are refused with a NUL on arrival
+/// (`src/event.rs`); text that comes from a provider (an error, an id) has
+/// each NUL replaced by U+FFFD instead.
+fn without_nul(v: &str) -> String {
+    v.replace('\0', "\u{FFFD}")
+}
+
 /// A PostgreSQL transaction through sqlx.
 pub(crate) struct PgExec(pub Transaction<'static, Postgres>);
 
@@ -176,6 +186,7 @@ fn pg_query<'q>(
     let mut q = sqlx::query(sql);
     for a in args {
         q = match *a {
+            Arg::Text(Some(v)) if v.contains('\0') => q.bind(without_nul(v)),
             Arg::Text(v) => q.bind(v),
             Arg::Int(v) => q.bind(v),
             Arg::Real(v) => q.bind(v),
