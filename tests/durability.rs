@@ -293,6 +293,80 @@ async fn status_shows_a_delivered_sms_a_fallback_email_and_a_dead_letter_on_post
     status_shows_sent_fallback_and_dead_letter(w).await;
 }
 
+/// A dead letter the broker refuses does not end its event. Recording the
+/// event `dead_lettered` before the broker had the letter lost it: the
+/// delivery went back, its next copy was claimed, found final and acked,
+/// and the event was neither sent nor in the DLQ. Now the attempt counts as
+/// one to retry until the letter is confirmed.
+#[actix_rt::test]
+async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    // The DLQ takes nothing: the broker nacks every publish to it.
+    let vhost = w.vhost.name.as_str();
+    let full = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+    rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        vhost,
+        "--apply-to",
+        "queues",
+        "dlq-full",
+        "^herald\\.dlq$",
+        full,
+    ]);
+    // Twilio refuses the number for good (21211): a dead letter at once.
+    publish_raw(
+        &conn,
+        "weekly_checkin",
+        &event("evt-refused-letter", Some("+15005550001"), None),
+    )
+    .await;
+    // Refused by Twilio, the letter refused by the broker, and tried again.
+    eventually(30, || w.twilio.request_count() >= 2).await;
+    rabbitmqctl(&["clear_policy", "-p", vhost, "dlq-full"]);
+    let letters = dlq_reaching(&conn, 1, 30).await;
+    assert_eq!(letters.len(), 1, "the event reached the DLQ once");
+    assert_eq!(letters[0].reason, "invalid_recipient");
+    let store = engine.store.clone();
+    let mut view = None;
+    for _ in 0..100 {
+        view = store.message("evt-refused-letter").await.unwrap();
+        if view
+            .as_ref()
+            .is_some_and(|v| v.status.as_str() == "dead_lettered")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = view.expect("a record of the event");
+    assert_eq!(view.status.as_str(), "dead_lettered");
+    let outcomes: Vec<_> = view
+        .attempt_log
+        .iter()
+        .map(|a| a.outcome.as_deref().unwrap_or("open"))
+        .collect();
+    assert_eq!(outcomes.first(), Some(&"retry"), "{outcomes:?}");
+    assert_eq!(outcomes.last(), Some(&"dead_letter"), "{outcomes:?}");
+    // Settled: acked, and not tried again.
+    let calls = w.twilio.request_count();
+    queue_reaching(&conn, "herald.weekly_checkin", 10, |(messages, _)| {
+        messages == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        w.twilio.request_count(),
+        calls,
+        "no call after the letter landed"
+    );
+    assert!(drain_dlq(&conn).await.is_empty(), "one letter only");
+    assert_eq!(w.twilio.sent_count(), 0);
+    engine.stop(Duration::from_secs(5)).await;
+}
+
 #[actix_rt::test]
 async fn a_replayed_dead_letter_is_sent() {
     let w = World::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::backoff;
 use crate::messages::{
@@ -28,6 +28,9 @@ use crate::ticket::Ticket;
 
 /// How soon to try the provider again when it is being restarted.
 const PROVIDER_RETRY: Duration = Duration::from_millis(50);
+/// How long a delivery whose dead letter the broker refused is held before
+/// it goes back to its queue (and is tried again).
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 
 /// What a class sender needs to know; no I/O config.
 #[derive(Clone, Debug)]
@@ -216,13 +219,7 @@ impl ClassSender {
         });
     }
 
-    fn on_failure(
-        &mut self,
-        mut job: Job,
-        ticket: Ticket,
-        error: SendError,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_failure(&mut self, job: Job, ticket: Ticket, error: SendError, ctx: &mut Context<Self>) {
         let p = &self.params;
         let span = tracing::info_span!(parent: &self.span, "failure", event_id = %job.event_id);
         let _enter = span.enter();
@@ -308,26 +305,74 @@ impl ClassSender {
             class: p.class.clone(),
             reason,
         });
-        self.record(
+        let dead = outcome_record(
             &job,
             RecordOutcome::DeadLetter {
                 reason,
                 error: error.to_string(),
             },
-            None,
-            ctx,
         );
-        job.attempt += 1;
+        let again = outcome_record(
+            &job,
+            RecordOutcome::Retry {
+                error: error.to_string(),
+            },
+        );
         let letter = DeadLetter {
             class: p.class.to_string(),
             reason,
             detail: error.to_string(),
             channel: Some(p.channel),
-            attempts: job.attempt,
+            attempts: job.attempt + 1,
             priority: job.amqp_priority,
             raw: job.raw.clone(),
         };
-        ticket.ack_when_confirmed(self.broker.dead_letter(letter), span.clone());
+        let publish = self.broker.dead_letter(letter);
+        let registry = self.registry.clone();
+        // Detached, as `Ticket::ack_when_confirmed`: a restart of this actor
+        // must not cancel a publish the broker may already have taken.
+        tokio::spawn(
+            async move {
+                match publish.await {
+                    // Final only now, and acked once that is committed.
+                    Ok(()) => record_detached(&registry, dead, Some(ticket)).await,
+                    // Recording `dead_lettered` before the dead letter was
+                    // the broker's lost the event: the next copy was
+                    // claimed, found final and acked. The attempt is
+                    // recorded as one to retry instead, and the delivery
+                    // goes back, after a pause so that a dead-letter queue
+                    // that refuses publishes is not a tight loop.
+                    Err(e) => {
+                        warn!(error = %e, "dead-letter publish failed; the event will be tried again");
+                        record_detached(&registry, again, None).await;
+                        tokio::time::sleep(DEAD_LETTER_RETRY).await;
+                        drop(ticket);
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
+}
+
+/// Hands `record` to the journal from outside the actor, waiting out a
+/// journal restart; with no journal (no store), acks at once.
+async fn record_detached(registry: &Registry, record: OutcomeRecord, ticket: Option<Ticket>) {
+    let mut msg = Record { record, ticket };
+    loop {
+        let Some(journal) = registry.journal() else {
+            if let Some(t) = msg.ticket {
+                t.ack();
+            }
+            return;
+        };
+        match send_or_return(Some(journal), msg) {
+            Ok(()) => return,
+            Err(back) => {
+                msg = back;
+                tokio::time::sleep(PROVIDER_RETRY).await;
+            }
+        }
     }
 }
 
