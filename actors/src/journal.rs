@@ -14,7 +14,9 @@
 //! yet seen an outcome for; a second claim for one of them is parked until
 //! the first outcome is committed, then claimed in turn (and found sent). An
 //! outcome that never comes (its provider died mid-call) frees the event
-//! after [`JournalParams::stale_after`].
+//! [`JournalParams::stale_after`] after its claim's verdict handed it on;
+//! a claim the store has not answered yet (it is failing) is never stale,
+//! or a copy let through would be claimed beside it and both sent.
 //!
 //! A claim's verdict decides the job: `Send` goes on to the provider,
 //! `AlreadySent` and `AlreadyFinal` are acked without a second provider
@@ -117,13 +119,23 @@ pub struct Journal {
     busy: bool,
     /// A retry timer is armed.
     retry_armed: bool,
-    /// Events claimed (or being claimed) whose outcome is not committed yet,
-    /// with when their claim was queued.
-    active: HashMap<Arc<str>, Instant>,
+    /// Events claimed (or being claimed) whose outcome is not committed yet.
+    active: HashMap<Arc<str>, Active>,
     /// Second copies of active events, waiting their turn.
     parked: HashMap<Arc<str>, VecDeque<Submit>>,
     /// The staleness check is armed.
     park_check_armed: bool,
+}
+
+/// An event in flight in this process.
+#[derive(Clone, Copy, Debug)]
+struct Active {
+    /// When its claim was queued.
+    queued: Instant,
+    /// When its claim's verdict handed it on (to a provider, or back to its
+    /// class sender); until then its claim is still the journal's, however
+    /// long a failing store holds it, and it is never stale.
+    decided: Option<Instant>,
 }
 
 impl Journal {
@@ -154,7 +166,11 @@ impl Journal {
             self.arm_park_check(ctx);
             return;
         }
-        self.active.insert(id, Instant::now());
+        let active = Active {
+            queued: Instant::now(),
+            decided: None,
+        };
+        self.active.insert(id, active);
         self.claims.push_back(submit);
     }
 
@@ -183,9 +199,10 @@ impl Journal {
                 .parked
                 .keys()
                 .filter(|id| {
-                    act.active
-                        .get(*id)
-                        .is_none_or(|at| at.elapsed() >= act.params.stale_after)
+                    act.active.get(*id).is_none_or(|a| {
+                        a.decided
+                            .is_some_and(|at| at.elapsed() >= act.params.stale_after)
+                    })
                 })
                 .cloned()
                 .collect();
@@ -220,7 +237,7 @@ impl Journal {
             }
             // The oldest claim's wait began when it was queued (`active`).
             let oldest = self.claims.front().map(|s| &s.job.event_id);
-            let since = oldest.and_then(|id| self.active.get(id)).copied();
+            let since = oldest.and_then(|id| self.active.get(id)).map(|a| a.queued);
             (since, self.params.claim_linger)
         } else {
             if self.records.len() >= MAX_BATCH {
@@ -331,6 +348,13 @@ impl Journal {
 
     fn decide(&mut self, submit: Submit, verdict: ClaimVerdict, ctx: &mut Context<Self>) {
         let job = &submit.job;
+        let handed_on = matches!(
+            verdict,
+            ClaimVerdict::Send { .. } | ClaimVerdict::Suppressed | ClaimVerdict::Capped
+        );
+        if let Some(a) = self.active.get_mut(&job.event_id).filter(|_| handed_on) {
+            a.decided = Some(Instant::now());
+        }
         match verdict {
             ClaimVerdict::Send { previous_unknown } => {
                 if previous_unknown {

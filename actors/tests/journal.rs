@@ -333,3 +333,30 @@ async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
         0
     );
 }
+
+#[actix_rt::test]
+async fn a_second_copy_waits_however_long_the_store_holds_the_first_claim() {
+    let log = Arc::new(MemoryLog::default());
+    let w = with_timings(
+        &log,
+        JournalParams {
+            stale_after: Duration::from_millis(200),
+            ..JournalParams::default()
+        },
+    );
+    ready(&w).await;
+    log.down.store(true, Ordering::SeqCst);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "held", &tx);
+    deliver(&w, "held", &tx);
+    // Past the staleness check (every 5 s) with the store still down: the
+    // first claim is not answered, so the second copy stays parked rather
+    // than joining it in one batch, where both would be sent.
+    tokio::time::sleep(Duration::from_millis(5_600)).await;
+    log.down.store(false, Ordering::SeqCst);
+    for _ in 0..2 {
+        assert_eq!(next(&mut rx).await, Disposition::Ack);
+    }
+    let sent = w.recorder.sent.lock().unwrap().len();
+    assert_eq!(sent, 1, "the event was sent once");
+}
