@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
@@ -21,16 +22,16 @@ use crate::messages::{
 use crate::metrics::Outcome;
 use crate::model::{Channel, FailureKind, Job, SendError};
 use crate::pace::{self, Pace, SharedPacing};
-use crate::ports::{Broker, DeadLetter, KeptJob, OutcomeRecord, RecordOutcome};
+use crate::ports::{Broker, BrokerError, DeadLetter, KeptJob, OutcomeRecord, RecordOutcome};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
 use crate::ticket::Ticket;
 
 /// How soon to try the provider again when it is being restarted.
 const PROVIDER_RETRY: Duration = Duration::from_millis(50);
-/// How long a delivery whose dead letter the broker refused is held before
-/// it goes back to its queue (and is tried again).
-const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// How long a delivery whose retry or dead letter the broker refused is
+/// held before it goes back to its queue (and is tried again).
+const PUBLISH_REFUSED_HOLD: Duration = Duration::from_secs(1);
 
 /// What a class sender needs to know; no I/O config.
 #[derive(Clone, Debug)]
@@ -165,17 +166,6 @@ impl ClassSender {
 
     /// Tells the journal what became of an attempt. With a ticket, the
     /// journal acks it once the record is committed.
-    fn record(
-        &self,
-        job: &Job,
-        outcome: RecordOutcome,
-        ticket: Option<Ticket>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.send_record(outcome_record(job, outcome), ticket, ctx);
-    }
-
-    /// [`record`](Self::record) with every field of the record given.
     fn send_record(&self, record: OutcomeRecord, ticket: Option<Ticket>, ctx: &mut Context<Self>) {
         let Some(journal) = self.registry.journal() else {
             if let Some(t) = ticket {
@@ -238,15 +228,13 @@ impl ClassSender {
                 class: p.class.clone(),
             });
             let publish = self.broker.retry(&job, delay, error.kind.label());
-            self.record(
+            let retry = outcome_record(
                 &job,
                 RecordOutcome::Retry {
                     error: error.to_string(),
                 },
-                None,
-                ctx,
             );
-            ticket.ack_when_confirmed(publish, span.clone());
+            self.record_when_published(publish, retry.clone(), retry, ticket, span.clone());
             return;
         }
         let reason = if error.is_retriable() {
@@ -328,29 +316,43 @@ impl ClassSender {
             raw: job.raw.clone(),
         };
         let publish = self.broker.dead_letter(letter);
+        // Final only once the broker has the letter. Recording
+        // `dead_lettered` before lost the event when the broker refused it:
+        // the delivery went back, and its next copy was claimed, found
+        // final and acked. Refused, the attempt counts as one to retry.
+        self.record_when_published(publish, dead, again, ticket, span.clone());
+    }
+
+    /// Records the outcome of a delivery that a publish settles (a retry,
+    /// a dead letter): `published` once the broker confirmed the publish,
+    /// with the ticket, so the delivery is acked only when both are
+    /// durable; if the broker refused it, `refused`, and the delivery goes
+    /// back to its queue after [`PUBLISH_REFUSED_HOLD`] (not a tight loop
+    /// while the broker refuses) to be tried again. Detached, as
+    /// `Ticket::ack_when_confirmed`: a restart of this actor must not
+    /// cancel a publish the broker may already have taken.
+    fn record_when_published(
+        &self,
+        publish: BoxFuture<'static, Result<(), BrokerError>>,
+        published: OutcomeRecord,
+        refused: OutcomeRecord,
+        ticket: Ticket,
+        span: tracing::Span,
+    ) {
         let registry = self.registry.clone();
-        // Detached, as `Ticket::ack_when_confirmed`: a restart of this actor
-        // must not cancel a publish the broker may already have taken.
         tokio::spawn(
             async move {
                 match publish.await {
-                    // Final only now, and acked once that is committed.
-                    Ok(()) => record_detached(&registry, dead, Some(ticket)).await,
-                    // Recording `dead_lettered` before the dead letter was
-                    // the broker's lost the event: the next copy was
-                    // claimed, found final and acked. The attempt is
-                    // recorded as one to retry instead, and the delivery
-                    // goes back, after a pause so that a dead-letter queue
-                    // that refuses publishes is not a tight loop.
+                    Ok(()) => record_detached(&registry, published, Some(ticket)).await,
                     Err(e) => {
-                        warn!(error = %e, "dead-letter publish failed; the event will be tried again");
-                        record_detached(&registry, again, None).await;
-                        tokio::time::sleep(DEAD_LETTER_RETRY).await;
+                        warn!(error = %e, "publish refused; the event will be tried again");
+                        record_detached(&registry, refused, None).await;
+                        tokio::time::sleep(PUBLISH_REFUSED_HOLD).await;
                         drop(ticket);
                     }
                 }
             }
-            .instrument(span.clone()),
+            .instrument(span),
         );
     }
 }
