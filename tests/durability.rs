@@ -364,6 +364,9 @@ async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
     );
     assert!(drain_dlq(&conn).await.is_empty(), "one letter only");
     assert_eq!(w.twilio.sent_count(), 0);
+    // Counted once, when the broker took the letter.
+    let counted = r#"herald_dead_letters_total{class="weekly_checkin",reason="invalid_recipient"}"#;
+    assert_eq!(metric(engine.http_addr, counted).await, 1.0);
     engine.stop(Duration::from_secs(5)).await;
 }
 

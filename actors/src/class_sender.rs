@@ -234,7 +234,8 @@ impl ClassSender {
                     error: error.to_string(),
                 },
             );
-            self.record_when_published(publish, retry.clone(), retry, ticket, span.clone());
+            let (published, refused) = ((retry.clone(), vec![]), (retry, vec![]));
+            self.record_when_published(publish, published, refused, ticket, span.clone());
             return;
         }
         let reason = if error.is_retriable() {
@@ -288,11 +289,19 @@ impl ClassSender {
             return;
         }
         warn!(%error, reason, "send failed; dead-lettering");
-        self.observe_outcome(Outcome::DeadLetter);
-        self.registry.observe(Observe::DeadLetter {
+        let outcome = |outcome| Observe::Outcome {
+            channel: p.channel,
             class: p.class.clone(),
-            reason,
-        });
+            outcome,
+        };
+        let dead_seen = vec![
+            outcome(Outcome::DeadLetter),
+            Observe::DeadLetter {
+                class: p.class.clone(),
+                reason,
+            },
+        ];
+        let again_seen = vec![outcome(Outcome::Retry)];
         let dead = outcome_record(
             &job,
             RecordOutcome::DeadLetter {
@@ -320,13 +329,21 @@ impl ClassSender {
         // `dead_lettered` before lost the event when the broker refused it:
         // the delivery went back, and its next copy was claimed, found
         // final and acked. Refused, the attempt counts as one to retry.
-        self.record_when_published(publish, dead, again, ticket, span.clone());
+        let published = (dead, dead_seen);
+        self.record_when_published(
+            publish,
+            published,
+            (again, again_seen),
+            ticket,
+            span.clone(),
+        );
     }
 
     /// Records the outcome of a delivery that a publish settles (a retry,
-    /// a dead letter): `published` once the broker confirmed the publish,
-    /// with the ticket, so the delivery is acked only when both are
-    /// durable; if the broker refused it, `refused`, and the delivery goes
+    /// a dead letter), and counts what is given with it: `published` once
+    /// the broker confirmed the publish, with the ticket, so the delivery is
+    /// acked only when both are durable; if the broker refused it,
+    /// `refused`, and the delivery goes
     /// back to its queue after [`PUBLISH_REFUSED_HOLD`] (not a tight loop
     /// while the broker refuses) to be tried again. Detached, as
     /// `Ticket::ack_when_confirmed`: a restart of this actor must not
@@ -334,8 +351,8 @@ impl ClassSender {
     fn record_when_published(
         &self,
         publish: BoxFuture<'static, Result<(), BrokerError>>,
-        published: OutcomeRecord,
-        refused: OutcomeRecord,
+        published: (OutcomeRecord, Vec<Observe>),
+        refused: (OutcomeRecord, Vec<Observe>),
         ticket: Ticket,
         span: tracing::Span,
     ) {
@@ -357,9 +374,17 @@ impl ClassSender {
     }
 }
 
-/// Hands `record` to the journal from outside the actor, waiting out a
-/// journal restart; with no journal (no store), acks at once.
-async fn record_detached(registry: &Registry, record: OutcomeRecord, ticket: Option<Ticket>) {
+/// Counts `seen`, then hands `record` to the journal from outside the
+/// actor, waiting out a journal restart; with no journal (no store), acks
+/// at once.
+async fn record_detached(
+    registry: &Registry,
+    (record, seen): (OutcomeRecord, Vec<Observe>),
+    ticket: Option<Ticket>,
+) {
+    for o in seen {
+        registry.observe(o);
+    }
     let mut msg = Record { record, ticket };
     loop {
         let Some(journal) = registry.journal() else {
