@@ -329,25 +329,19 @@ impl ClassSender {
         // `dead_lettered` before lost the event when the broker refused it:
         // the delivery went back, and its next copy was claimed, found
         // final and acked. Refused, the attempt counts as one to retry.
-        let published = (dead, dead_seen);
-        self.record_when_published(
-            publish,
-            published,
-            (again, again_seen),
-            ticket,
-            span.clone(),
-        );
+        let (published, refused) = ((dead, dead_seen), (again, again_seen));
+        self.record_when_published(publish, published, refused, ticket, span.clone());
     }
 
     /// Records the outcome of a delivery that a publish settles (a retry,
     /// a dead letter), and counts what is given with it: `published` once
     /// the broker confirmed the publish, with the ticket, so the delivery is
     /// acked only when both are durable; if the broker refused it,
-    /// `refused`, and the delivery goes
-    /// back to its queue after [`PUBLISH_REFUSED_HOLD`] (not a tight loop
-    /// while the broker refuses) to be tried again. Detached, as
-    /// `Ticket::ack_when_confirmed`: a restart of this actor must not
-    /// cancel a publish the broker may already have taken.
+    /// `refused`, and the delivery goes back to its queue after
+    /// [`PUBLISH_REFUSED_HOLD`] (not a tight loop while the broker
+    /// refuses) to be tried again. Detached, as `Ticket::ack_when_confirmed`:
+    /// a restart of this actor must not cancel a publish the broker may
+    /// already have taken.
     fn record_when_published(
         &self,
         publish: BoxFuture<'static, Result<(), BrokerError>>,
