@@ -426,8 +426,9 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.outstanding();
-        // Outcome records that carry no delivery (retries, dead letters)
-        // are committed before the store closes.
+        // Outcome records that carry no delivery (a fallback's, the retry
+        // of a publish the broker refused) are committed before the store
+        // closes.
         if let Some(journal) = self.registry.journal() {
             while tokio::time::Instant::now() < deadline {
                 if journal.send(IsIdle).await.unwrap_or(true) {
