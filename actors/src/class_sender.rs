@@ -167,14 +167,7 @@ impl ClassSender {
     /// Tells the journal what became of an attempt. With a ticket, the
     /// journal acks it once the record is committed.
     fn send_record(&self, record: OutcomeRecord, ticket: Option<Ticket>, ctx: &mut Context<Self>) {
-        let Some(journal) = self.registry.journal() else {
-            if let Some(t) = ticket {
-                t.ack();
-            }
-            return;
-        };
-        let record = Record { record, ticket };
-        if let Err(record) = send_or_return(Some(journal), record) {
+        if let Some(record) = offer_record(&self.registry, Record { record, ticket }) {
             // Restarting: keep the record (and its ticket) and try again.
             ctx.notify_later(record, PROVIDER_RETRY);
         }
@@ -368,9 +361,21 @@ impl ClassSender {
     }
 }
 
-/// Counts `seen`, then hands `record` to the journal from outside the
-/// actor, waiting out a journal restart; with no journal (no store), acks
-/// at once.
+/// Hands `msg` to the journal, which acks its ticket once the record is
+/// committed; with no journal (no store), acks it at once. Gives it back if
+/// the journal is restarting.
+fn offer_record(registry: &Registry, msg: Record) -> Option<Record> {
+    let Some(journal) = registry.journal() else {
+        if let Some(t) = msg.ticket {
+            t.ack();
+        }
+        return None;
+    };
+    send_or_return(Some(journal), msg).err()
+}
+
+/// Counts `seen`, then [`offer_record`]s `record` from outside the actor,
+/// waiting out a journal restart.
 async fn record_detached(
     registry: &Registry,
     (record, seen): (OutcomeRecord, Vec<Observe>),
@@ -381,15 +386,9 @@ async fn record_detached(
     }
     let mut msg = Record { record, ticket };
     loop {
-        let Some(journal) = registry.journal() else {
-            if let Some(t) = msg.ticket {
-                t.ack();
-            }
-            return;
-        };
-        match send_or_return(Some(journal), msg) {
-            Ok(()) => return,
-            Err(back) => {
+        match offer_record(registry, msg) {
+            None => return,
+            Some(back) => {
                 msg = back;
                 tokio::time::sleep(PROVIDER_RETRY).await;
             }
@@ -473,10 +472,7 @@ impl Handler<Record> for ClassSender {
     /// A record that could not reach the journal (restarting) comes back
     /// here to be sent again.
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
-        let Some(journal) = self.registry.journal() else {
-            return;
-        };
-        if let Err(record) = send_or_return(Some(journal), msg) {
+        if let Some(record) = offer_record(&self.registry, msg) {
             ctx.notify_later(record, PROVIDER_RETRY);
         }
     }
