@@ -16,7 +16,8 @@ use herald_actors::messages::{IsIdle, Release};
 use herald_actors::metrics::Metrics;
 use herald_actors::model::{Channel, ProviderClient};
 use herald_actors::pace::SharedPacing;
-use herald_actors::provider::ProviderParams;
+use herald_actors::ports::DeliveryLog;
+use herald_actors::provider::{LeaseRenewal, ProviderParams};
 use herald_actors::registry::Registry;
 use herald_actors::supervisor::{ChildSpec, Supervisor, SupervisorParams};
 use tracing::info;
@@ -86,12 +87,22 @@ fn class_channels(c: &ClassConfig) -> Vec<Channel> {
     v
 }
 
+/// What a claim's lease in the store holds beyond the longest provider
+/// call: a call may start this long after the lease began and still end
+/// within it.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
 /// The lease this process's claims hold on their attempts
 /// (`Store::with_call_lease`): its longest provider call, and a margin.
 fn call_lease(config: &Config) -> Duration {
     let providers = &config.providers;
-    providers.twilio.timeout().max(providers.resend.timeout()) + Duration::from_secs(5)
+    providers.twilio.timeout().max(providers.resend.timeout()) + LEASE_MARGIN
 }
+
+/// How long a claimed job may wait for its provider's capacity before its
+/// lease is renewed ahead of the call: half the margin, the other half
+/// left for the renewal's own round trip.
+const RENEW_LEASE_AFTER: Duration = Duration::from_millis(2_500);
 
 /// Every class's queues, as the topology declares them.
 pub fn class_topology(config: &Config) -> Vec<ClassTopology> {
@@ -222,7 +233,7 @@ impl Engine {
         // and pool tasks belong there).
         let url = config.store.url.clone();
         // How long one of this process's calls may run: its claims' lease
-        // in the store, and how long the journal keeps a copy parked.
+        // in the store.
         let lease = call_lease(&config);
         let store = crate::offload::run(async move { Store::open(&url).await })
             .await
@@ -258,32 +269,35 @@ impl Engine {
             Some(stats),
             Duration::from_secs_f64(config.amqp.queue_poll_secs),
         ));
+        let log: Arc<dyn DeliveryLog> = Arc::new(StoreLog {
+            store: store.clone(),
+            caps: Arc::new(
+                config
+                    .classes
+                    .iter()
+                    .filter_map(|(name, c)| {
+                        let cap = c.frequency_cap?;
+                        Some((
+                            name.clone(),
+                            (cap.max, Duration::from_secs_f64(cap.window_secs)),
+                        ))
+                    })
+                    .collect(),
+            ),
+            timing: metrics.store_duration.clone(),
+        });
         specs.push(ChildSpec::journal(
             &registry,
-            Arc::new(StoreLog {
-                store: store.clone(),
-                caps: Arc::new(
-                    config
-                        .classes
-                        .iter()
-                        .filter_map(|(name, c)| {
-                            let cap = c.frequency_cap?;
-                            Some((
-                                name.clone(),
-                                (cap.max, Duration::from_secs_f64(cap.window_secs)),
-                            ))
-                        })
-                        .collect(),
-                ),
-                timing: metrics.store_duration.clone(),
-            }),
-            JournalParams {
-                stale_after: lease,
-                ..JournalParams::default()
-            },
+            log.clone(),
+            JournalParams::default(),
         ));
         for &channel in &used {
-            let (client, params) = provider_for(&config, channel, &shared, &metrics, &mut sandbox)?;
+            let (client, mut params) =
+                provider_for(&config, channel, &shared, &metrics, &mut sandbox)?;
+            params.lease = Some(LeaseRenewal {
+                log: log.clone(),
+                after: RENEW_LEASE_AFTER,
+            });
             specs.push(ChildSpec::provider(&registry, params, client));
         }
         specs.push(ChildSpec::fallback(&registry));
@@ -485,6 +499,7 @@ fn provider_for(
             cost_per_unit_usd: p.twilio.cost_per_segment_usd,
             shared: shared.clone(),
             in_flight: metrics.in_flight.with_label_values(&[channel.as_str()]),
+            lease: None,
         },
         Channel::Email => ProviderParams {
             channel,
@@ -493,6 +508,7 @@ fn provider_for(
             cost_per_unit_usd: p.resend.cost_per_message_usd,
             shared: shared.clone(),
             in_flight: metrics.in_flight.with_label_values(&[channel.as_str()]),
+            lease: None,
         },
     };
     let client: Arc<dyn ProviderClient> = match (p.mode, channel) {

@@ -73,6 +73,16 @@ impl DeliveryLog for StoreLog {
                 .collect())
         })
     }
+
+    fn renew(&self, event_id: Arc<str>) -> BoxFuture<'static, Result<bool, JournalError>> {
+        let store = self.store.clone();
+        offloaded(self.timing.with_label_values(&["renew"]), async move {
+            store
+                .renew_lease(&event_id)
+                .await
+                .map_err(|e| JournalError(e.to_string()))
+        })
+    }
 }
 
 /// The store's rows for the journal's claims, at `now`.

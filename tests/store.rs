@@ -221,6 +221,7 @@ on_both_backends!(
     a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies,
     a_due_event_is_leased_to_one_scheduler_until_its_lease_ends,
     a_call_in_flight_on_another_instance_is_not_sent_again,
+    a_waiting_claim_renews_its_lease_unless_another_instance_took_the_event,
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
@@ -1622,6 +1623,49 @@ async fn a_call_in_flight_on_another_instance_is_not_sent_again(db: &Db) {
         a.claim(&[claim("own", "sms", 1, T0 + 1)]).await.unwrap(),
         [SEND_AFTER_UNKNOWN]
     );
+    b.close().await;
+}
+
+/// A claim that waited (for its provider's capacity) past its lease renews
+/// it before the call, and another instance then leaves the event alone;
+/// once another instance took it over, the renewal fails and the first must
+/// not send. The renewal's lease counts from the store's now.
+async fn a_waiting_claim_renews_its_lease_unless_another_instance_took_the_event(db: &Db) {
+    let lease = std::time::Duration::from_secs(10);
+    let a = db.store.clone().with_call_lease(lease);
+    let b = db.reopen().await.with_call_lease(lease);
+    let now = herald::store::now_ms();
+    let long_ago = now - 20_000;
+    assert_eq!(
+        a.claim(&[claim("waited", "sms", 1, long_ago)])
+            .await
+            .unwrap(),
+        [SEND]
+    );
+    assert!(a.renew_lease("waited").await.unwrap());
+    assert_eq!(
+        b.claim(&[claim("waited", "sms", 1, now)]).await.unwrap(),
+        [ClaimOutcome::InFlightElsewhere]
+    );
+    // Not renewed in time: the other instance takes it over.
+    assert_eq!(
+        a.claim(&[claim("taken", "sms", 1, long_ago)])
+            .await
+            .unwrap(),
+        [SEND]
+    );
+    assert_eq!(
+        b.claim(&[claim("taken", "sms", 1, now)]).await.unwrap(),
+        [SEND_AFTER_UNKNOWN]
+    );
+    assert!(!a.renew_lease("taken").await.unwrap());
+    assert!(b.renew_lease("taken").await.unwrap());
+    // A finished attempt, and an event never claimed, have no lease.
+    a.record(&[record("waited", "sms", 1, sent("SM1", 0.0075, 1), now)])
+        .await
+        .unwrap();
+    assert!(!a.renew_lease("waited").await.unwrap());
+    assert!(!a.renew_lease("missing").await.unwrap());
     b.close().await;
 }
 

@@ -138,6 +138,7 @@ impl ClassSender {
                 job,
                 ticket,
                 throttled: 0,
+                leased_at: None,
             };
             if let Err(submit) = self.submit(submit) {
                 // The journal or provider is restarting; the slot we took is

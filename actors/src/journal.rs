@@ -13,10 +13,13 @@
 //! one still running. So the journal keeps the events it has claimed and not
 //! yet seen an outcome for; a second claim for one of them is parked until
 //! the first outcome is committed, then claimed in turn (and found sent). An
-//! outcome that never comes (its provider died mid-call) frees the event
-//! [`JournalParams::stale_after`] after its claim's verdict handed it on;
-//! a claim the store has not answered yet (it is failing) is never stale,
-//! or a copy let through would be claimed beside it and both sent.
+//! outcome that never comes (an actor died with the first copy) frees the
+//! event once the first copy's ticket is gone: while it exists, the first
+//! copy is still somewhere in this process — its claim unanswered by a
+//! failing store, waiting for its provider's capacity however long, in a
+//! call, or its outcome on the way here — and a copy let through would be
+//! sent beside it. (Another process is kept off by the claim's lease in the
+//! store, which the provider renews before a call that waited for it.)
 //!
 //! A claim's verdict decides the job: `Send` goes on to the provider,
 //! `AlreadySent` and `AlreadyFinal` are acked without a second provider
@@ -34,10 +37,11 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::messages::{Claim, IsIdle, Observe, Record, SendOutcome, Submit};
+use crate::messages::{Claim, IsIdle, Observe, Reclaim, Record, SendOutcome, Submit};
 use crate::model::{FailureKind, SendError};
 use crate::ports::{ClaimRequest, ClaimVerdict, DeliveryLog, JournalError};
 use crate::registry::{send_or_return, Registry};
+use crate::ticket::Held;
 
 /// The most records, and the most claims, in one transaction.
 const MAX_BATCH: usize = 512;
@@ -64,11 +68,9 @@ pub const RECORD_LINGER: Duration = Duration::from_millis(2);
 pub const CLAIM_LINGER: Duration = Duration::from_millis(1);
 /// Queued claims that commit at once, without lingering.
 pub const CLAIM_COMPANY: usize = 16;
-/// [`JournalParams::stale_after`] unless the engine says otherwise.
-pub const STALE_AFTER: Duration = Duration::from_secs(60);
 /// How soon an event another process is still sending is claimed again.
 pub const IN_FLIGHT_RECHECK: Duration = Duration::from_secs(1);
-/// How often parked claims are checked for staleness.
+/// How often parked claims are checked for a first copy that is gone.
 const PARK_CHECK: Duration = Duration::from_secs(5);
 
 /// The journal's timings.
@@ -78,11 +80,6 @@ pub struct JournalParams {
     pub record_linger: Duration,
     /// How long a few claims wait for more ([`CLAIM_LINGER`]).
     pub claim_linger: Duration,
-    /// How long a claimed event may go without an outcome before a parked
-    /// copy of it is let through: longer than any provider call, so the
-    /// engine gives its call lease (the longest provider timeout and a
-    /// margin).
-    pub stale_after: Duration,
 }
 
 impl Default for JournalParams {
@@ -90,7 +87,6 @@ impl Default for JournalParams {
         JournalParams {
             record_linger: RECORD_LINGER,
             claim_linger: CLAIM_LINGER,
-            stale_after: STALE_AFTER,
         }
     }
 }
@@ -128,14 +124,12 @@ pub struct Journal {
 }
 
 /// An event in flight in this process.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Active {
     /// When its claim was queued.
     queued: Instant,
-    /// When its claim's verdict handed it on (to a provider, or back to its
-    /// class sender); until then its claim is still the journal's, however
-    /// long a failing store holds it, and it is never stale.
-    decided: Option<Instant>,
+    /// Whether the claimed copy's delivery is still held in this process.
+    held: Held,
 }
 
 impl Journal {
@@ -168,7 +162,7 @@ impl Journal {
         }
         let active = Active {
             queued: Instant::now(),
-            decided: None,
+            held: submit.ticket.held(),
         };
         self.active.insert(id, active);
         self.claims.push_back(submit);
@@ -198,16 +192,11 @@ impl Journal {
             let stale: Vec<Arc<str>> = act
                 .parked
                 .keys()
-                .filter(|id| {
-                    act.active.get(*id).is_none_or(|a| {
-                        a.decided
-                            .is_some_and(|at| at.elapsed() >= act.params.stale_after)
-                    })
-                })
+                .filter(|id| act.active.get(*id).is_none_or(|a| !a.held.still()))
                 .cloned()
                 .collect();
             for id in stale {
-                warn!(event_id = %id, "no outcome for a claimed event; letting its next copy through");
+                warn!(event_id = %id, "a claimed event's delivery is gone without an outcome; letting its next copy through");
                 act.done(&id, ctx);
             }
             if !act.parked.is_empty() {
@@ -284,6 +273,7 @@ impl Journal {
             .map(|s| ClaimRequest::for_job(&s.job))
             .collect();
         self.busy = true;
+        let asked = Instant::now();
         ctx.spawn(
             self.log
                 .commit(rows, reqs)
@@ -301,7 +291,7 @@ impl Journal {
                             }
                             if verdicts.len() == claims.len() {
                                 for (submit, verdict) in claims.into_iter().zip(verdicts) {
-                                    act.decide(submit, verdict, ctx);
+                                    act.decide(submit, verdict, asked, ctx);
                                 }
                             } else {
                                 let e = JournalError(format!(
@@ -346,15 +336,16 @@ impl Journal {
         });
     }
 
-    fn decide(&mut self, submit: Submit, verdict: ClaimVerdict, ctx: &mut Context<Self>) {
+    /// Acts on a claim's verdict; `asked` is when its transaction began, so
+    /// no later than the start of the lease a `Send` holds in the store.
+    fn decide(
+        &mut self,
+        mut submit: Submit,
+        verdict: ClaimVerdict,
+        asked: Instant,
+        ctx: &mut Context<Self>,
+    ) {
         let job = &submit.job;
-        let handed_on = matches!(
-            verdict,
-            ClaimVerdict::Send { .. } | ClaimVerdict::Suppressed | ClaimVerdict::Capped
-        );
-        if let Some(a) = self.active.get_mut(&job.event_id).filter(|_| handed_on) {
-            a.decided = Some(Instant::now());
-        }
         match verdict {
             ClaimVerdict::Send { previous_unknown } => {
                 if previous_unknown {
@@ -365,6 +356,7 @@ impl Journal {
                         class: job.class.clone(),
                     });
                 }
+                submit.leased_at = Some(asked);
                 self.submit(submit, ctx);
             }
             ClaimVerdict::Suppressed | ClaimVerdict::Capped => {
@@ -450,6 +442,22 @@ impl Handler<Claim> for Journal {
 
     fn handle(&mut self, Claim(submit): Claim, ctx: &mut Context<Self>) {
         self.enqueue_claim(submit, ctx);
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Reclaim> for Journal {
+    type Result = ();
+
+    /// A claimed job whose lease the provider could not renew: claim it
+    /// again, still in flight here (so no parked copy passes it).
+    fn handle(&mut self, Reclaim(submit): Reclaim, ctx: &mut Context<Self>) {
+        let active = Active {
+            queued: Instant::now(),
+            held: submit.ticket.held(),
+        };
+        self.active.insert(submit.job.event_id.clone(), active);
+        self.claims.push_back(submit);
         self.flush(ctx);
     }
 }

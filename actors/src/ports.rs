@@ -169,6 +169,13 @@ pub trait DeliveryLog: Send + Sync + 'static {
         records: Vec<OutcomeRecord>,
         claims: Vec<ClaimRequest>,
     ) -> BoxFuture<'static, Result<Vec<ClaimVerdict>, JournalError>>;
+
+    /// Renews, from now, the lease of this process's open attempt of
+    /// `event_id`, taken by a claim whose verdict was `Send`. `false`: that
+    /// attempt is no longer open and this process's (another process found
+    /// its lease run out and took the event over), so it must not be sent
+    /// on it.
+    fn renew(&self, event_id: Arc<str>) -> BoxFuture<'static, Result<bool, JournalError>>;
 }
 
 /// Slots a shared rate limit handed out. Durations count from when the

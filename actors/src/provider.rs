@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-use crate::messages::{Observe, SendOutcome, Sent, Submit};
+use crate::messages::{Observe, Reclaim, SendOutcome, Sent, Submit};
 use crate::model::{Channel, FailureKind, Outbound, ProviderClient, SendError};
 use crate::pace::{self, Pace, SharedPacing};
+use crate::ports::DeliveryLog;
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
 use crate::segments;
@@ -24,6 +25,26 @@ const MAX_THROTTLES: u32 = 5;
 const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 /// How soon to try again to hand an outcome to a class sender being restarted.
 const REDELIVER_AFTER: Duration = Duration::from_millis(50);
+
+/// Renewing a claim's lease in the delivery store before a call that
+/// waited for this provider's capacity long enough for the lease to run
+/// out before the call could end.
+#[derive(Clone)]
+pub struct LeaseRenewal {
+    pub log: Arc<dyn DeliveryLog>,
+    /// A job whose lease began this long ago (or longer) has it renewed
+    /// first: the lease less the longest call, less a margin for the
+    /// renewal itself.
+    pub after: Duration,
+}
+
+impl std::fmt::Debug for LeaseRenewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRenewal")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What a provider actor needs to know; no I/O config.
 #[derive(Clone, Debug)]
@@ -40,6 +61,8 @@ pub struct ProviderParams {
     pub shared: Option<SharedPacing>,
     /// `herald_inflight_deliveries{channel}`: requests open now.
     pub in_flight: prometheus::IntGauge,
+    /// With a delivery store: renew the leases of claims that waited.
+    pub lease: Option<LeaseRenewal>,
 }
 
 /// One open request on the in-flight gauge, for as long as it lives: a
@@ -160,6 +183,54 @@ impl Provider {
         };
         self.in_flight += 1;
         let open = OpenRequest::new(&self.params.in_flight);
+        let renewal = self.params.lease.as_ref().filter(|lease| {
+            submit
+                .leased_at
+                .is_some_and(|at| at.elapsed() >= lease.after)
+        });
+        let Some(renewal) = renewal else {
+            self.call(submit, outbound, open, ctx);
+            return;
+        };
+        // The slot and the rate's token stay taken: the call follows at once.
+        let asked = Instant::now();
+        ctx.spawn(
+            renewal
+                .log
+                .renew(submit.job.event_id.clone())
+                .into_actor(self)
+                .map(move |renewed, act, ctx| {
+                    let _span = act.span.clone().entered();
+                    match renewed {
+                        Ok(true) => {
+                            let mut submit = submit;
+                            submit.leased_at = Some(asked);
+                            act.call(submit, outbound, open, ctx);
+                            return;
+                        }
+                        Ok(false) => info!(event_id = %submit.job.event_id,
+                            "another herald process took this event over while it waited; claiming it again"),
+                        Err(e) => warn!(event_id = %submit.job.event_id, error = %e,
+                            "could not renew a waiting claim's lease; claiming it again"),
+                    }
+                    act.in_flight -= 1;
+                    drop(open);
+                    // Without a journal (restarting) the ticket drops and the
+                    // broker delivers the event again.
+                    let _ = send_or_return(act.registry.journal(), Reclaim(submit));
+                    act.drain(ctx);
+                }),
+        );
+    }
+
+    /// Calls the provider for a job that holds a slot (`open`).
+    fn call(
+        &mut self,
+        submit: Submit,
+        outbound: Outbound,
+        open: OpenRequest,
+        ctx: &mut Context<Self>,
+    ) {
         let started = Instant::now();
         let channel = self.params.channel;
         ctx.spawn(

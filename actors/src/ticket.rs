@@ -7,6 +7,7 @@
 //! its delivery, so the broker hands it out again and nothing is lost.
 
 use std::fmt;
+use std::sync::{Arc, Weak};
 
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
@@ -30,18 +31,41 @@ pub trait Settle: Send + 'static {
 /// A delivery that must be settled exactly once.
 pub struct Ticket {
     settle: Option<Box<dyn Settle>>,
+    /// Lives exactly as long as the ticket: see [`Ticket::held`].
+    alive: Arc<()>,
+}
+
+/// Whether a ticket still exists: its delivery is held somewhere in this
+/// process (waiting, in a provider call, its outcome on the way to the
+/// store), not yet settled or dropped.
+#[derive(Clone, Debug)]
+pub struct Held(Weak<()>);
+
+impl Held {
+    pub fn still(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 impl Ticket {
     pub fn new(settle: impl Settle) -> Ticket {
         Ticket {
             settle: Some(Box::new(settle)),
+            alive: Arc::new(()),
         }
     }
 
     /// A ticket bound to nothing (for work that did not come from the broker).
     pub fn detached() -> Ticket {
-        Ticket { settle: None }
+        Ticket {
+            settle: None,
+            alive: Arc::new(()),
+        }
+    }
+
+    /// A handle that tells whether this ticket still exists.
+    pub fn held(&self) -> Held {
+        Held(Arc::downgrade(&self.alive))
     }
 
     /// The outcome is durable: acknowledge the delivery.
@@ -116,6 +140,20 @@ mod tests {
         drop(Ticket::new(tx));
         assert_eq!(rx.try_recv(), Ok(Disposition::Requeue));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_ticket_is_held_until_it_is_settled_or_dropped() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let acked = Ticket::new(tx.clone());
+        let held = acked.held();
+        assert!(held.still());
+        acked.ack();
+        assert!(!held.still());
+        let dropped = Ticket::new(tx);
+        let held = dropped.held();
+        drop(dropped);
+        assert!(!held.still());
     }
 
     #[test]

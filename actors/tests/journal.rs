@@ -18,6 +18,7 @@ use herald_actors::model::Channel;
 use herald_actors::ports::{
     ClaimRequest, ClaimVerdict, DeliveryLog, JournalError, OutcomeRecord, RecordOutcome,
 };
+use herald_actors::provider::LeaseRenewal;
 use herald_actors::ticket::{Disposition, Ticket};
 use tokio::sync::mpsc;
 
@@ -31,6 +32,8 @@ struct MemoryLog {
     records: Mutex<Vec<OutcomeRecord>>,
     /// Each transaction's (records, claims).
     shapes: Mutex<Vec<(usize, usize)>>,
+    /// The events whose leases were renewed, in order.
+    renewals: Mutex<Vec<String>>,
 }
 
 impl MemoryLog {
@@ -78,6 +81,19 @@ impl DeliveryLog for Log {
                     }
                 })
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn renew(&self, event_id: Arc<str>) -> BoxFuture<'static, Result<bool, JournalError>> {
+        let m = self.0.clone();
+        async move {
+            if m.down.load(Ordering::SeqCst) {
+                return Err(JournalError("store down".into()));
+            }
+            m.renewals.lock().unwrap().push(event_id.to_string());
+            let status = m.status.lock().unwrap();
+            Ok(status.get(&*event_id).copied() == Some("sending"))
         }
         .boxed()
     }
@@ -337,13 +353,7 @@ async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
 #[actix_rt::test]
 async fn a_second_copy_waits_however_long_the_store_holds_the_first_claim() {
     let log = Arc::new(MemoryLog::default());
-    let w = with_timings(
-        &log,
-        JournalParams {
-            stale_after: Duration::from_millis(200),
-            ..JournalParams::default()
-        },
-    );
+    let w = with_journal(&log);
     ready(&w).await;
     log.down.store(true, Ordering::SeqCst);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -359,4 +369,90 @@ async fn a_second_copy_waits_however_long_the_store_holds_the_first_claim() {
     }
     let sent = w.recorder.sent.lock().unwrap().len();
     assert_eq!(sent, 1, "the event was sent once");
+}
+
+#[actix_rt::test]
+async fn a_parked_copy_goes_once_the_first_copys_delivery_is_gone() {
+    let log = Arc::new(MemoryLog::default());
+    let w = start_full(
+        vec![class("c", 1, 600_000)],
+        Duration::from_secs(1),
+        8,
+        Some(Arc::new(Log(log.clone()))),
+    );
+    ready(&w).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    deliver(&w, "gone", &tx);
+    deliver(&w, "gone", &tx);
+    // The first copy is in its call when its provider dies: the call and
+    // its ticket go with it, and no outcome will come.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.registry
+        .provider(Channel::Sms)
+        .unwrap()
+        .do_send(Crash::Panic);
+    assert_eq!(next(&mut rx).await, Disposition::Requeue);
+    // The parked copy is let through at the next check, without waiting
+    // for any lease, and sent once, its first attempt counted unknown.
+    assert_eq!(next(&mut rx).await, Disposition::Ack);
+    let sent = w.recorder.sent.lock().unwrap().len();
+    assert_eq!(sent, 1);
+    assert_eq!(
+        w.metrics
+            .outcome_unknown
+            .with_label_values(&["sms", "c"])
+            .get(),
+        1
+    );
+}
+
+#[actix_rt::test]
+async fn a_claim_that_waited_for_its_provider_renews_its_lease_or_is_not_sent() {
+    let log = Arc::new(MemoryLog::default());
+    let store: Arc<dyn DeliveryLog> = Arc::new(Log(log.clone()));
+    // Two sends a second, one at a time: of five claimed at once, two go
+    // at once and the others wait 0.5, 1 and 1.5 s for the provider.
+    let w = start_world(
+        vec![class("c", 1, 600_000)],
+        Duration::from_millis(5),
+        1,
+        Some(store.clone()),
+        JournalParams::default(),
+        |p| {
+            p.rate_per_sec = 2.0;
+            p.lease = Some(LeaseRenewal {
+                log: store,
+                after: Duration::from_millis(250),
+            });
+        },
+    );
+    ready(&w).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for id in ["a", "b", "c", "d", "e"] {
+        deliver(&w, id, &tx);
+    }
+    // Another process found the last one's lease run out and sent it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    log.set("e", "sent");
+    for _ in 0..5 {
+        assert_eq!(next(&mut rx).await, Disposition::Ack);
+    }
+    let sent: Vec<String> = w
+        .recorder
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(sent, ["a", "b", "c", "d"]);
+    let renewed = log.renewals.lock().unwrap().clone();
+    assert_eq!(renewed, ["c", "d", "e"]);
+    assert_eq!(
+        w.metrics
+            .duplicates_suppressed
+            .with_label_values(&["sms", "c"])
+            .get(),
+        1
+    );
 }

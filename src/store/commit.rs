@@ -332,6 +332,24 @@ async fn open_attempts(
     Ok(())
 }
 
+/// Renews the lease of this process's open attempt of `event_id` from
+/// `now_ms`; `false` if it has none (another process's claim closed it).
+/// The message's row is locked first, as a claim locks it, so a claim and
+/// a renewal of one event are one before the other: a renewal never
+/// succeeds beside a claim that found the old lease run out.
+pub(crate) async fn renew(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    claimer: &Claimer,
+    event_id: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    db.rows(dialect.select_for_claim, args![event_id]).await?;
+    let lease_until = now_ms.saturating_add(claimer.lease_ms);
+    let args = args![event_id, &*claimer.owner, lease_until];
+    Ok(db.run(sql::RENEW_LEASE, args).await? > 0)
+}
+
 /// One claim the bulk insert did not settle.
 async fn claim_one(
     db: &mut impl Exec,

@@ -344,6 +344,22 @@ impl Store {
         ))
     }
 
+    /// Renews the lease of this process's unfinished attempt of `event_id`
+    /// (see [`with_call_lease`](Store::with_call_lease)) from now, before a
+    /// call that waited: `false` if the attempt is no longer open and
+    /// this process's, because another process found its lease run out
+    /// and claimed the event itself.
+    pub async fn renew_lease(&self, event_id: &str) -> Result<bool, StoreError> {
+        let now_ms = now_ms();
+        transaction!(self, |db, dialect| commit::renew(
+            db,
+            dialect,
+            &self.claimer,
+            event_id,
+            now_ms
+        ))
+    }
+
     /// Applies changes to the suppression list in one transaction, each
     /// audited if it changed the list; returns which did.
     pub async fn change_suppressions(

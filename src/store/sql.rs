@@ -53,6 +53,12 @@ pub(crate) const IN_FLIGHT_ELSEWHERE: &str = "\
 SELECT 1 FROM attempts WHERE event_id = $1 AND finished_at IS NULL AND owner <> $2 \
 AND lease_until > $3 LIMIT 1";
 
+/// Renews the lease of this process's open attempt of an event: `$1` event
+/// id, `$2` this process, `$3` the lease's new end. Changes no row once
+/// another process's claim closed that attempt.
+pub(crate) const RENEW_LEASE: &str = "\
+UPDATE attempts SET lease_until = $3 WHERE event_id = $1 AND owner = $2 AND finished_at IS NULL";
+
 /// A later claim of a claimable message; returns the new attempt's `seq`.
 /// `$1` event id, `$2` channel, `$3` fallback from, `$4` now, `$5` class,
 /// `$6` user id.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Message;
+use tokio::time::Instant;
 
 use crate::metrics::Outcome;
 use crate::model::{Channel, Job, Receipt, SendError};
@@ -28,6 +29,10 @@ pub struct Submit {
     pub ticket: Ticket,
     /// How many times the provider throttled this job (429) so far.
     pub throttled: u32,
+    /// When the lease of its claim in the delivery store began, at the
+    /// latest (`None` without a store): the provider renews a lease that
+    /// may run out before its call ends.
+    pub leased_at: Option<Instant>,
 }
 
 /// A job the class's limiter let through: claim it in the journal, then
@@ -35,6 +40,13 @@ pub struct Submit {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Claim(pub Submit);
+
+/// A claimed job whose lease could not be renewed before its call (another
+/// process took the event over, or the store did not answer): the journal
+/// claims it again rather than let it be sent on a lease it may have lost.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Reclaim(pub Submit);
 
 /// An outcome for the journal. With a ticket, the ticket is acked once the
 /// record is committed (the outcome is durable before the broker forgets

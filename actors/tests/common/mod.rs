@@ -133,8 +133,31 @@ pub fn start_with_journal(
     log: Option<Arc<dyn DeliveryLog>>,
     params: JournalParams,
 ) -> World {
+    start_world(classes, latency, max_concurrency, log, params, |_| {})
+}
+
+/// [`start_with_journal`] with the provider's parameters changed by
+/// `provider`.
+pub fn start_world(
+    classes: Vec<ClassParams>,
+    latency: Duration,
+    max_concurrency: u32,
+    log: Option<Arc<dyn DeliveryLog>>,
+    params: JournalParams,
+    provider: impl FnOnce(&mut ProviderParams),
+) -> World {
     let registry = Registry::new();
     let metrics = Metrics::new();
+    let mut provider_params = ProviderParams {
+        channel: Channel::Sms,
+        max_concurrency,
+        rate_per_sec: 0.0,
+        cost_per_unit_usd: 0.0075,
+        shared: None,
+        in_flight: metrics.in_flight.with_label_values(&["sms"]),
+        lease: None,
+    };
+    provider(&mut provider_params);
     let recorder = Arc::new(Recorder {
         sent: Mutex::new(Vec::new()),
         latency,
@@ -143,14 +166,7 @@ pub fn start_with_journal(
         ChildSpec::metrics(&registry, metrics.clone(), None, Duration::from_secs(60)),
         ChildSpec::provider(
             &registry,
-            ProviderParams {
-                channel: Channel::Sms,
-                max_concurrency,
-                rate_per_sec: 0.0,
-                cost_per_unit_usd: 0.0075,
-                shared: None,
-                in_flight: metrics.in_flight.with_label_values(&["sms"]),
-            },
+            provider_params,
             Arc::new(RecorderClient(recorder.clone())),
         ),
         ChildSpec::fallback(&registry),
