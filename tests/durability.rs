@@ -293,18 +293,8 @@ async fn status_shows_a_delivered_sms_a_fallback_email_and_a_dead_letter_on_post
     status_shows_sent_fallback_and_dead_letter(w).await;
 }
 
-/// A dead letter the broker refuses does not end its event. Recording the
-/// event `dead_lettered` before the broker had the letter lost it: the
-/// delivery went back, its next copy was claimed, found final and acked,
-/// and the event was neither sent nor in the DLQ. Now the attempt counts as
-/// one to retry until the letter is confirmed.
-#[actix_rt::test]
-async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
-    let w = World::new();
-    let engine = Engine::start(w.config.clone()).await.unwrap();
-    let conn = w.vhost.connect().await;
-    // The DLQ takes nothing: the broker nacks every publish to it.
-    let vhost = w.vhost.name.as_str();
+/// The DLQ takes nothing: the broker nacks every publish to it.
+fn refuse_dead_letters(vhost: &str) {
     let full = r#"{"max-length":0,"overflow":"reject-publish"}"#;
     rabbitmqctl(&[
         "set_policy",
@@ -316,6 +306,24 @@ async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
         "^herald\\.dlq$",
         full,
     ]);
+}
+
+fn accept_dead_letters(vhost: &str) {
+    rabbitmqctl(&["clear_policy", "-p", vhost, "dlq-full"]);
+}
+
+/// A dead letter the broker refuses does not end its event. Recording the
+/// event `dead_lettered` before the broker had the letter lost it: the
+/// delivery went back, its next copy was claimed, found final and acked,
+/// and the event was neither sent nor in the DLQ. Now the attempt counts as
+/// one to retry until the letter is confirmed.
+#[actix_rt::test]
+async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let vhost = w.vhost.name.as_str();
+    refuse_dead_letters(vhost);
     // Twilio refuses the number for good (21211): a dead letter at once.
     publish_raw(
         &conn,
@@ -325,7 +333,7 @@ async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
     .await;
     // Refused by Twilio, the letter refused by the broker, and tried again.
     eventually(30, || w.twilio.request_count() >= 2).await;
-    rabbitmqctl(&["clear_policy", "-p", vhost, "dlq-full"]);
+    accept_dead_letters(vhost);
     let letters = dlq_reaching(&conn, 1, 30).await;
     assert_eq!(letters.len(), 1, "the event reached the DLQ once");
     assert_eq!(letters[0].reason, "invalid_recipient");
@@ -366,6 +374,43 @@ async fn a_dead_letter_the_broker_refuses_is_tried_again_not_lost() {
     assert_eq!(w.twilio.sent_count(), 0);
     // Counted once, when the broker took the letter.
     let counted = r#"herald_dead_letters_total{class="weekly_checkin",reason="invalid_recipient"}"#;
+    assert_eq!(metric(engine.http_addr, counted).await, 1.0);
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+/// The same for an event rejected on arrival (malformed JSON): held and
+/// given back while the broker refuses its letter, counted only once the
+/// broker takes it, and dead-lettered once.
+#[actix_rt::test]
+async fn a_rejected_event_whose_letter_is_refused_is_held_and_counted_once() {
+    let w = World::new();
+    let engine = Engine::start(w.config.clone()).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let vhost = w.vhost.name.as_str();
+    refuse_dead_letters(vhost);
+    publish_raw(&conn, "weekly_checkin", b"{not json").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counted = r#"herald_dead_letters_total{class="weekly_checkin",reason="malformed_json"}"#;
+    assert_eq!(
+        metric(engine.http_addr, counted).await,
+        0.0,
+        "not counted while the broker refuses the letter"
+    );
+    assert!(drain_dlq(&conn).await.is_empty());
+    accept_dead_letters(vhost);
+    let letters = dlq_reaching(&conn, 1, 30).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "malformed_json");
+    assert_eq!(
+        metric_reaching(engine.http_addr, counted, 1.0, 10).await,
+        1.0
+    );
+    queue_reaching(&conn, "herald.weekly_checkin", 10, |(messages, _)| {
+        messages == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(drain_dlq(&conn).await.is_empty(), "one letter only");
     assert_eq!(metric(engine.http_addr, counted).await, 1.0);
     engine.stop(Duration::from_secs(5)).await;
 }

@@ -25,13 +25,10 @@ use crate::pace::{self, Pace, SharedPacing};
 use crate::ports::{Broker, BrokerError, DeadLetter, KeptJob, OutcomeRecord, RecordOutcome};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
-use crate::ticket::Ticket;
+use crate::ticket::{Ticket, PUBLISH_REFUSED_HOLD};
 
 /// How soon to try the provider again when it is being restarted.
 const PROVIDER_RETRY: Duration = Duration::from_millis(50);
-/// How long a delivery whose retry or dead letter the broker refused is
-/// held before it goes back to its queue (and is tried again).
-const PUBLISH_REFUSED_HOLD: Duration = Duration::from_secs(1);
 
 /// What a class sender needs to know; no I/O config.
 #[derive(Clone, Debug)]

@@ -8,11 +8,17 @@
 
 use std::fmt;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
 use crate::ports::BrokerError;
+
+/// How long a delivery whose retry or dead letter the broker refused is
+/// held before it goes back to its queue (and is tried again): not a tight
+/// loop while the broker refuses.
+pub const PUBLISH_REFUSED_HOLD: Duration = Duration::from_secs(1);
 
 /// How a delivery is settled with the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,22 +84,28 @@ impl Ticket {
         self.finish(Disposition::Requeue);
     }
 
-    /// Acks once `publish` (a retry, fallback or dead-letter publish) is
-    /// confirmed by the broker; if it fails, the ticket drops and the delivery
-    /// is requeued, so the work is done again rather than lost. Runs detached:
-    /// a restart of the actor that asked must not cancel a publish the broker
-    /// may already have taken.
+    /// Acks once `publish` (a dead letter for an event rejected on arrival)
+    /// is confirmed by the broker, calling `confirmed` first; if it fails,
+    /// the ticket is held [`PUBLISH_REFUSED_HOLD`] and then drops, so the
+    /// delivery is requeued and the work is done again rather than lost.
+    /// Runs detached: a restart of the actor that asked must not cancel a
+    /// publish the broker may already have taken.
     pub fn ack_when_confirmed(
         self,
         publish: BoxFuture<'static, Result<(), BrokerError>>,
+        confirmed: impl FnOnce() + Send + 'static,
         span: tracing::Span,
     ) {
         tokio::spawn(
             async move {
                 match publish.await {
-                    Ok(()) => self.ack(),
+                    Ok(()) => {
+                        confirmed();
+                        self.ack();
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "publish failed; returning the delivery to the broker");
+                        tracing::warn!(error = %e, "publish refused; returning the delivery to the broker shortly");
+                        tokio::time::sleep(PUBLISH_REFUSED_HOLD).await;
                         drop(self);
                     }
                 }

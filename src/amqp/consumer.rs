@@ -340,10 +340,16 @@ fn reject(
     let span =
         tracing::warn_span!("dead_letter", %event_id, class = %label, reason = rejection.reason);
     span.in_scope(|| warn!(detail = %rejection.detail, "event rejected"));
-    ctx.registry.observe(Observe::DeadLetter {
-        class: label.into(),
-        reason: rejection.reason,
-    });
+    // Counted once the broker has the letter, as the class senders count
+    // theirs: a refused one comes back and is counted when it goes.
+    let registry = ctx.registry.clone();
+    let reason = rejection.reason;
+    let counted = move || {
+        registry.observe(Observe::DeadLetter {
+            class: label.into(),
+            reason,
+        })
+    };
     let letter = DeadLetter {
         class: env.class,
         reason: rejection.reason,
@@ -353,5 +359,5 @@ fn reject(
         priority: env.priority,
         raw: body.into(),
     };
-    ticket.ack_when_confirmed(ctx.publisher.dead_letter(letter), span);
+    ticket.ack_when_confirmed(ctx.publisher.dead_letter(letter), counted, span);
 }
