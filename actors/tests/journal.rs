@@ -99,6 +99,16 @@ impl DeliveryLog for Log {
     }
 }
 
+/// [`with_journal`] with sends that take `latency`.
+fn with_latency(log: &Arc<MemoryLog>, latency: Duration) -> World {
+    start_full(
+        vec![class("c", 1, 600_000)],
+        latency,
+        8,
+        Some(Arc::new(Log(log.clone()))),
+    )
+}
+
 fn with_journal(log: &Arc<MemoryLog>) -> World {
     with_timings(log, JournalParams::default())
 }
@@ -128,6 +138,14 @@ fn deliver(w: &World, id: &str, tx: &mpsc::UnboundedSender<Disposition>) {
             job: job(id, "c"),
             ticket: Ticket::new(tx.clone()),
         });
+}
+
+/// `herald_outcome_unknown_total` of the class.
+fn unknown_outcomes(w: &World) -> u64 {
+    w.metrics
+        .outcome_unknown
+        .with_label_values(&["sms", "c"])
+        .get()
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Disposition>) -> Disposition {
@@ -241,14 +259,7 @@ async fn an_unfinished_claim_is_counted_as_an_unknown_outcome_and_sent_again() {
     deliver(&w, "crashed", &tx);
     assert_eq!(next(&mut rx).await, Disposition::Ack);
     assert_eq!(w.recorder.sent.lock().unwrap().len(), 1);
-    wait_for(|| {
-        w.metrics
-            .outcome_unknown
-            .with_label_values(&["sms", "c"])
-            .get()
-            == 1
-    })
-    .await;
+    wait_for(|| unknown_outcomes(&w) == 1).await;
 }
 
 #[actix_rt::test]
@@ -309,12 +320,7 @@ async fn a_journal_that_dies_returns_what_it_held() {
 async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
     let log = Arc::new(MemoryLog::default());
     // Slow sends: the second copy arrives while the first call is open.
-    let w = start_full(
-        vec![class("c", 1, 600_000)],
-        Duration::from_millis(300),
-        8,
-        Some(Arc::new(Log(log.clone()))),
-    );
+    let w = with_latency(&log, Duration::from_millis(300));
     ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     deliver(&w, "twin", &tx);
@@ -323,14 +329,7 @@ async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
     for _ in 0..3 {
         assert_eq!(next(&mut rx).await, Disposition::Ack);
     }
-    let sent: Vec<String> = w
-        .recorder
-        .sent
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(id, _)| id.clone())
-        .collect();
+    let sent = w.recorder.sent_ids();
     assert_eq!(
         sent.iter().filter(|id| *id == "twin").count(),
         1,
@@ -341,13 +340,7 @@ async fn two_copies_of_one_event_in_flight_at_once_are_sent_once() {
         1,
         "{sent:?}"
     );
-    assert_eq!(
-        w.metrics
-            .outcome_unknown
-            .with_label_values(&["sms", "c"])
-            .get(),
-        0
-    );
+    assert_eq!(unknown_outcomes(&w), 0);
 }
 
 #[actix_rt::test]
@@ -374,12 +367,7 @@ async fn a_second_copy_waits_however_long_the_store_holds_the_first_claim() {
 #[actix_rt::test]
 async fn a_parked_copy_goes_once_the_first_copys_delivery_is_gone() {
     let log = Arc::new(MemoryLog::default());
-    let w = start_full(
-        vec![class("c", 1, 600_000)],
-        Duration::from_secs(1),
-        8,
-        Some(Arc::new(Log(log.clone()))),
-    );
+    let w = with_latency(&log, Duration::from_secs(1));
     ready(&w).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     deliver(&w, "gone", &tx);
@@ -397,13 +385,7 @@ async fn a_parked_copy_goes_once_the_first_copys_delivery_is_gone() {
     assert_eq!(next(&mut rx).await, Disposition::Ack);
     let sent = w.recorder.sent.lock().unwrap().len();
     assert_eq!(sent, 1);
-    assert_eq!(
-        w.metrics
-            .outcome_unknown
-            .with_label_values(&["sms", "c"])
-            .get(),
-        1
-    );
+    assert_eq!(unknown_outcomes(&w), 1);
 }
 
 #[actix_rt::test]
@@ -437,14 +419,7 @@ async fn a_claim_that_waited_for_its_provider_renews_its_lease_or_is_not_sent() 
     for _ in 0..5 {
         assert_eq!(next(&mut rx).await, Disposition::Ack);
     }
-    let sent: Vec<String> = w
-        .recorder
-        .sent
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(id, _)| id.clone())
-        .collect();
+    let sent = w.recorder.sent_ids();
     assert_eq!(sent, ["a", "b", "c", "d"]);
     let renewed = log.renewals.lock().unwrap().clone();
     assert_eq!(renewed, ["c", "d", "e"]);

@@ -231,14 +231,7 @@ async fn shared_provider_capacity_goes_to_the_most_urgent_class_first() {
         });
     }
     wait_for(|| w.recorder.sent.lock().unwrap().len() == 45).await;
-    let order: Vec<String> = w
-        .recorder
-        .sent
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(id, _)| id.clone())
-        .collect();
+    let order = w.recorder.sent_ids();
     let last_urgent = order.iter().rposition(|id| id.starts_with('u')).unwrap();
     // Published after 40 bulk jobs, the urgent ones overtake all but the few
     // bulk sends already started.

@@ -24,6 +24,14 @@ pub struct Recorder {
     pub latency: Duration,
 }
 
+impl Recorder {
+    /// The ids sent, in order.
+    pub fn sent_ids(&self) -> Vec<String> {
+        let sent = self.sent.lock().unwrap();
+        sent.iter().map(|(id, _)| id.clone()).collect()
+    }
+}
+
 pub struct RecorderClient(pub Arc<Recorder>);
 
 impl ProviderClient for RecorderClient {
