@@ -148,6 +148,53 @@ async fn two_instances_handed_copies_of_one_event_at_once_send_it_once() {
     b.stop(Duration::from_secs(5)).await;
 }
 
+/// A claim that waits for its provider longer than its lease: another
+/// instance, handed a copy of the event meanwhile, finds the lease over and
+/// sends it. The first instance must not send it too when its turn comes:
+/// it renews the lease before the call, finds the event taken over, claims
+/// it again and finds it sent.
+#[actix_rt::test]
+async fn an_event_taken_over_while_it_waited_for_the_provider_is_not_sent_again() {
+    let db = PgDatabase::new();
+    let mut w = World::new();
+    w.config.store.url = db.url();
+    // One-second calls: a lease of 6 s (the longest call and a margin).
+    w.config.providers.twilio.timeout_secs = 1.0;
+    w.config.providers.resend.timeout_secs = 1.0;
+    // `a` serves only weekly_checkin and calls Twilio once every 10 s, so
+    // its second event waits 10 s for the provider, past its lease; `b`
+    // serves only critical_financial, at full speed.
+    let mut a_config = w.config.clone();
+    a_config.classes.remove("critical_financial");
+    a_config.providers.twilio.rate_per_sec = 0.1;
+    let mut b_config = w.config.clone();
+    b_config.classes.remove("weekly_checkin");
+    let a = Engine::start(a_config).await.unwrap();
+    let b = Engine::start(b_config).await.unwrap();
+    let conn = w.vhost.connect().await;
+    let phone = Some("+15551230024");
+    publish_raw(&conn, "weekly_checkin", &event("first", phone, None)).await;
+    publish_raw(&conn, "weekly_checkin", &event("waiter", phone, None)).await;
+    eventually(10, || w.twilio.sent_count() == 1).await;
+    // Claimed by `a` at once, "waiter" has waited past its 6 s lease when
+    // a copy reaches `b`, which sends it.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    publish_raw(&conn, "critical_financial", &event("waiter", phone, None)).await;
+    let ours = |m: &herald::fakes::SentMessage| m.body.contains("ref waiter");
+    eventually(10, || w.twilio.sent().iter().any(ours)).await;
+    // `a`'s turn comes 10 s after its first send: its renewal finds the
+    // attempt closed, and the claim after it finds the event sent.
+    let series = r#"herald_duplicates_suppressed_total{channel="sms",class="weekly_checkin"}"#;
+    assert_eq!(metric_reaching(a.http_addr, series, 1.0, 15).await, 1.0);
+    let waiter = w.twilio.sent().iter().filter(|m| ours(m)).count();
+    assert_eq!(waiter, 1, "sent once, by b");
+    assert_eq!(w.twilio.sent_count(), 2);
+    let unknown = r#"herald_outcome_unknown_total{channel="sms",class="critical_financial"}"#;
+    assert_eq!(metric(b.http_addr, unknown).await, 1.0);
+    a.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+}
+
 async fn status_shows_sent_fallback_and_dead_letter(mut w: World) {
     w.twilio.script_for(
         "+15551230022",
