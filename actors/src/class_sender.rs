@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use crate::backoff;
 use crate::messages::{
@@ -25,7 +25,7 @@ use crate::pace::{self, Pace, SharedPacing};
 use crate::ports::{Broker, BrokerError, DeadLetter, KeptJob, OutcomeRecord, RecordOutcome};
 use crate::rate_limiter::Gcra;
 use crate::registry::{send_or_return, Registry};
-use crate::ticket::{Ticket, PUBLISH_REFUSED_HOLD};
+use crate::ticket::Ticket;
 
 /// How soon to try the provider again when it is being restarted.
 const PROVIDER_RETRY: Duration = Duration::from_millis(50);
@@ -328,11 +328,8 @@ impl ClassSender {
     /// a dead letter), and counts what is given with it: `published` once
     /// the broker confirmed the publish, with the ticket, so the delivery is
     /// acked only when both are durable; if the broker refused it,
-    /// `refused`, and the delivery goes back to its queue after
-    /// [`PUBLISH_REFUSED_HOLD`] (not a tight loop while the broker
-    /// refuses) to be tried again. Detached, as `Ticket::ack_when_confirmed`:
-    /// a restart of this actor must not cancel a publish the broker may
-    /// already have taken.
+    /// `refused`, and the delivery goes back to its queue to be tried again
+    /// ([`Ticket::settle_when_published`]).
     fn record_when_published(
         &self,
         publish: BoxFuture<'static, Result<(), BrokerError>>,
@@ -341,20 +338,12 @@ impl ClassSender {
         ticket: Ticket,
         span: tracing::Span,
     ) {
-        let registry = self.registry.clone();
-        tokio::spawn(
-            async move {
-                match publish.await {
-                    Ok(()) => record_detached(&registry, published, Some(ticket)).await,
-                    Err(e) => {
-                        warn!(error = %e, "publish refused; the event will be tried again");
-                        record_detached(&registry, refused, None).await;
-                        tokio::time::sleep(PUBLISH_REFUSED_HOLD).await;
-                        drop(ticket);
-                    }
-                }
-            }
-            .instrument(span),
+        let (registry, again) = (self.registry.clone(), self.registry.clone());
+        ticket.settle_when_published(
+            publish,
+            move |ticket| async move { record_detached(&registry, published, Some(ticket)).await },
+            move || async move { record_detached(&again, refused, None).await },
+            span,
         );
     }
 }

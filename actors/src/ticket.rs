@@ -7,6 +7,7 @@
 //! its delivery, so the broker hands it out again and nothing is lost.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -84,27 +85,32 @@ impl Ticket {
         self.finish(Disposition::Requeue);
     }
 
-    /// Acks once `publish` (a dead letter for an event rejected on arrival)
-    /// is confirmed by the broker, calling `confirmed` first; if it fails,
-    /// the ticket is held [`PUBLISH_REFUSED_HOLD`] and then drops, so the
-    /// delivery is requeued and the work is done again rather than lost.
-    /// Runs detached: a restart of the actor that asked must not cancel a
-    /// publish the broker may already have taken.
-    pub fn ack_when_confirmed(
+    /// Settles the delivery by a publish (a retry, or a dead letter) the
+    /// broker must take first. Confirmed, the ticket goes to `confirmed`,
+    /// which settles it (acks it, or hands it to the record that will).
+    /// Refused, `refused` runs, and the ticket is held
+    /// [`PUBLISH_REFUSED_HOLD`] and then dropped, so the delivery is
+    /// requeued and the work done again rather than lost, and not in a
+    /// tight loop while the broker refuses. Runs detached: a restart of the
+    /// actor that asked must not cancel a publish the broker may already
+    /// have taken.
+    pub fn settle_when_published<C, R>(
         self,
         publish: BoxFuture<'static, Result<(), BrokerError>>,
-        confirmed: impl FnOnce() + Send + 'static,
+        confirmed: impl FnOnce(Ticket) -> C + Send + 'static,
+        refused: impl FnOnce() -> R + Send + 'static,
         span: tracing::Span,
-    ) {
+    ) where
+        C: Future<Output = ()> + Send + 'static,
+        R: Future<Output = ()> + Send + 'static,
+    {
         tokio::spawn(
             async move {
                 match publish.await {
-                    Ok(()) => {
-                        confirmed();
-                        self.ack();
-                    }
+                    Ok(()) => confirmed(self).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "publish refused; returning the delivery to the broker shortly");
+                        refused().await;
                         tokio::time::sleep(PUBLISH_REFUSED_HOLD).await;
                         drop(self);
                     }

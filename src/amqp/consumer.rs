@@ -359,5 +359,13 @@ fn reject(
         priority: env.priority,
         raw: body.into(),
     };
-    ticket.ack_when_confirmed(ctx.publisher.dead_letter(letter), counted, span);
+    ticket.settle_when_published(
+        ctx.publisher.dead_letter(letter),
+        move |ticket| async move {
+            counted();
+            ticket.ack();
+        },
+        || std::future::ready(()),
+        span,
+    );
 }
