@@ -102,7 +102,7 @@ fn call_lease(config: &Config) -> Duration {
 /// How long a claimed job may wait for its provider's capacity before its
 /// lease is renewed ahead of the call: half the margin, the other half
 /// left for the renewal's own round trip.
-const RENEW_LEASE_AFTER: Duration = Duration::from_millis(2_500);
+const RENEW_LEASE_AFTER: Duration = Duration::from_millis(LEASE_MARGIN.as_millis() as u64 / 2);
 
 /// Every class's queues, as the topology declares them.
 pub fn class_topology(config: &Config) -> Vec<ClassTopology> {
@@ -292,12 +292,12 @@ impl Engine {
             JournalParams::default(),
         ));
         for &channel in &used {
-            let (client, mut params) =
-                provider_for(&config, channel, &shared, &metrics, &mut sandbox)?;
-            params.lease = Some(LeaseRenewal {
+            let lease = LeaseRenewal {
                 log: log.clone(),
                 after: RENEW_LEASE_AFTER,
-            });
+            };
+            let (client, params) =
+                provider_for(&config, channel, &shared, &metrics, lease, &mut sandbox)?;
             specs.push(ChildSpec::provider(&registry, params, client));
         }
         specs.push(ChildSpec::fallback(&registry));
@@ -488,6 +488,7 @@ fn provider_for(
     channel: Channel,
     shared: &Option<SharedPacing>,
     metrics: &Metrics,
+    lease: LeaseRenewal,
     sandbox: &mut HashMap<Channel, Arc<SandboxClient>>,
 ) -> Result<(Arc<dyn ProviderClient>, ProviderParams), EngineError> {
     let p = &config.providers;
@@ -499,7 +500,7 @@ fn provider_for(
             cost_per_unit_usd: p.twilio.cost_per_segment_usd,
             shared: shared.clone(),
             in_flight: metrics.in_flight.with_label_values(&[channel.as_str()]),
-            lease: None,
+            lease: Some(lease),
         },
         Channel::Email => ProviderParams {
             channel,
@@ -508,7 +509,7 @@ fn provider_for(
             cost_per_unit_usd: p.resend.cost_per_message_usd,
             shared: shared.clone(),
             in_flight: metrics.in_flight.with_label_values(&[channel.as_str()]),
-            lease: None,
+            lease: Some(lease),
         },
     };
     let client: Arc<dyn ProviderClient> = match (p.mode, channel) {

@@ -1614,7 +1614,8 @@ async fn a_call_in_flight_on_another_instance_is_not_sent_again(db: &Db) {
         [SEND_AFTER_UNKNOWN]
     );
     // Its own unfinished attempt, claimed again by the same instance (a
-    // copy let through after the journal's wait): unknown, sent again.
+    // copy let through once the first copy's delivery was gone): unknown,
+    // sent again.
     assert_eq!(
         a.claim(&[claim("own", "sms", 1, T0)]).await.unwrap(),
         [SEND]

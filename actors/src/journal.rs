@@ -132,6 +132,16 @@ struct Active {
     held: Held,
 }
 
+impl Active {
+    /// `submit`'s claim, queued now.
+    fn of(submit: &Submit) -> Active {
+        Active {
+            queued: Instant::now(),
+            held: submit.ticket.held(),
+        }
+    }
+}
+
 impl Journal {
     pub fn new(log: Arc<dyn DeliveryLog>, registry: Registry, params: JournalParams) -> Journal {
         Journal {
@@ -160,11 +170,7 @@ impl Journal {
             self.arm_park_check(ctx);
             return;
         }
-        let active = Active {
-            queued: Instant::now(),
-            held: submit.ticket.held(),
-        };
-        self.active.insert(id, active);
+        self.active.insert(id, Active::of(&submit));
         self.claims.push_back(submit);
     }
 
@@ -452,11 +458,8 @@ impl Handler<Reclaim> for Journal {
     /// A claimed job whose lease the provider could not renew: claim it
     /// again, still in flight here (so no parked copy passes it).
     fn handle(&mut self, Reclaim(submit): Reclaim, ctx: &mut Context<Self>) {
-        let active = Active {
-            queued: Instant::now(),
-            held: submit.ticket.held(),
-        };
-        self.active.insert(submit.job.event_id.clone(), active);
+        self.active
+            .insert(submit.job.event_id.clone(), Active::of(&submit));
         self.claims.push_back(submit);
         self.flush(ctx);
     }
