@@ -24,7 +24,10 @@
 //! the broker when it runs on this machine (the process listening on the
 //! broker URL's port), and the share no process used.
 //! Everything happens in vhost `herald-bench` (created with `rabbitmqctl` when
-//! it can be), so a running herald is never disturbed.
+//! it can be), so a running herald is never disturbed. A policy there gives
+//! every queue of the vhost, the baseline's and herald's alike, one classic
+//! queue version (`--queue-version`, 2 unless asked: the version RabbitMQ
+//! runs from 4.0 on, and what `docs/deploy.md` advises on 3.10).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,6 +100,10 @@ pub struct BenchArgs {
     /// Skip the baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Classic queue version (1 or 2) of every queue in the bench vhost,
+    /// the baseline's and herald's, set by policy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub queue_version: u8,
     /// Broker root URL (the bench uses vhost `herald-bench` on it).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672")]
     pub broker: String,
@@ -149,6 +156,9 @@ pub struct Results {
     pub prefetch: u16,
     /// Provider calls herald may have in flight, per provider.
     pub provider_max_concurrency: u32,
+    /// The classic queue version the bench's policy gave every queue of the
+    /// run (`None`: `rabbitmqctl` was not at hand, the broker's own).
+    pub queue_version: Option<u8>,
     pub baseline: Option<Run>,
     pub herald: Run,
     /// herald's throughput over the baseline's.
@@ -179,9 +189,13 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[i])
 }
 
-/// Creates the bench vhost if `rabbitmqctl` is at hand (a remote broker
-/// needs it made beforehand).
-fn ensure_vhost() {
+/// The bench vhost's policy, which sets every queue's classic queue version.
+pub const QUEUE_VERSION_POLICY: &str = "herald-bench-queue-version";
+
+/// Creates the bench vhost and sets its queues' version if `rabbitmqctl` is
+/// at hand (a remote broker needs both done beforehand); returns the
+/// version set.
+fn ensure_vhost(queue_version: u8) -> Option<u8> {
     let run = |args: &[&str]| Command::new("rabbitmqctl").arg("-q").args(args).output();
     let _ = run(&["add_vhost", "herald-bench"]);
     let _ = run(&[
@@ -193,6 +207,19 @@ fn ensure_vhost() {
         ".*",
         ".*",
     ]);
+    let definition = format!(r#"{{"queue-version":{queue_version}}}"#);
+    let set = run(&[
+        "set_policy",
+        "-p",
+        "herald-bench",
+        "--apply-to",
+        "queues",
+        QUEUE_VERSION_POLICY,
+        ".*",
+        &definition,
+    ]);
+    set.is_ok_and(|out| out.status.success())
+        .then_some(queue_version)
 }
 
 async fn connect(url: &str) -> anyhow::Result<Connection> {
@@ -940,7 +967,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     if args.instances > 1 && args.store != "postgres" {
         bail!("several instances share a store only on PostgreSQL: add --store postgres");
     }
-    ensure_vhost();
+    let queue_version = ensure_vhost(args.queue_version);
     let vhost_url = format!("{}/herald-bench", args.broker.trim_end_matches('/'));
     let twilio = FakeTwilio::start(SID, TOKEN)?;
     let resend = FakeResend::start(KEY)?;
@@ -969,6 +996,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         instances: args.instances,
         prefetch: args.prefetch,
         provider_max_concurrency: BENCH_MAX_CONCURRENCY,
+        queue_version,
         baseline: base,
         herald,
         ratio,
@@ -1032,6 +1060,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         "herald ran at prefetch {} per class, {} calls in flight per provider",
         results.prefetch, results.provider_max_concurrency
     );
+    match results.queue_version {
+        Some(v) => println!(
+            "every queue of the run (the baseline's and herald's) was a classic queue v{v}"
+        ),
+        None => println!("the queues' version is the broker's own (rabbitmqctl was not at hand)"),
+    }
     if let Some(n) = results.herald.provider_errors {
         println!(
             "provider errors answered (error rate {}): {n}, each retried",

@@ -3,7 +3,12 @@
 //! docs/benchmarks.md, never asserted here.) Uses the real broker (vhost
 //! `herald-bench`) and PostgreSQL, as the bench does.
 
-use herald::bench::{run, BenchArgs, BENCH_PREFETCH};
+use herald::bench::{run, BenchArgs, BENCH_PREFETCH, QUEUE_VERSION_POLICY};
+use tokio::sync::Mutex;
+
+/// Held by each test that runs the bench: runs share the vhost and its
+/// queue-version policy.
+static VHOST: Mutex<()> = Mutex::const_new(());
 
 fn args(events: usize) -> BenchArgs {
     BenchArgs {
@@ -17,6 +22,7 @@ fn args(events: usize) -> BenchArgs {
         error_rate: 0.0,
         instances: 1,
         no_baseline: true,
+        queue_version: 2,
         broker: "amqp://guest:guest@127.0.0.1:5672".into(),
         json: None,
         herald_exe: Some(env!("CARGO_BIN_EXE_herald").into()),
@@ -25,6 +31,7 @@ fn args(events: usize) -> BenchArgs {
 
 #[tokio::test]
 async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
+    let _vhost = VHOST.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let results = run(BenchArgs {
@@ -65,6 +72,56 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     assert_eq!(written["error_rate"], 0.2);
     assert_eq!(written["herald"]["provider_errors"], errors);
     assert!(written["herald"]["broker_cpu_seconds"].as_f64().is_some());
+}
+
+/// The storage version the broker reports for a plain queue of the bench
+/// vhost (a priority queue adds up its priorities' figures).
+fn storage_version(queue: &str) -> Option<String> {
+    let expr = format!(
+        "{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"herald-bench\">>, queue, \
+         <<\"{queue}\">>)), rabbit_amqqueue:info(Q, [backing_queue_status])."
+    );
+    let status: String = rabbitmqctl(&["eval", &expr])
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let (_, after) = status.split_once("{version,")?;
+    Some(after.chars().take_while(char::is_ascii_digit).collect())
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn every_queue_of_a_run_the_baseline_included_gets_the_queue_version_asked_for() {
+    let _vhost = VHOST.lock().await;
+    for version in [1u8, 2] {
+        let results = run(BenchArgs {
+            queue_version: version,
+            no_baseline: false,
+            ..args(200)
+        })
+        .await
+        .unwrap();
+        assert_eq!(results.queue_version, Some(version));
+        assert_eq!(storage_version("bench.baseline"), Some(version.to_string()));
+        // herald's queues run under the same policy.
+        let listed = rabbitmqctl(&["list_queues", "-p", "herald-bench", "name", "policy"]);
+        for queue in ["herald.weekly_checkin", "herald.career_insights"] {
+            assert!(
+                listed
+                    .lines()
+                    .any(|l| l == format!("{queue}\t{QUEUE_VERSION_POLICY}")),
+                "{queue} not under {QUEUE_VERSION_POLICY}: {listed}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
