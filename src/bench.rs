@@ -7,8 +7,9 @@
 //!    an ack (one per message, or `multiple` every 50);
 //! 2. **herald** — publishes N events across the classes (confirmed), starts
 //!    `herald run` as a child process on a bench config (limits set high, the
-//!    store chosen), and times until the fakes have accepted all N; it reads
-//!    the child's CPU seconds and peak RSS from /proc.
+//!    store chosen), and times from its first send (its start-up is
+//!    printed, not timed) until the fakes have accepted all N; it reads the
+//!    child's CPU seconds and peak RSS from /proc.
 //!
 //! Latency is publish (the event's own timestamp) to the provider request
 //! (the fake's receive time): p50, p99, max. `--rate` publishes at a steady
@@ -53,10 +54,12 @@ const BASELINE_QUEUE: &str = "bench.baseline";
 const BASELINE_PREFETCH: u16 = 500;
 
 /// herald's prefetch per class in the bench (the shipped config has 64, see
-/// `docs/deploy.md`). Four classes hold 512 deliveries, the baseline's
-/// window: at 20 ms a provider call, 64 a class caps herald at
-/// 4 × 64 ÷ 20 ms ≈ 12,800 msg/s before anything else does.
-pub const BENCH_PREFETCH: u16 = 128;
+/// `docs/deploy.md`). A class moves at most its prefetch over the provider's
+/// response time (192 ÷ 20 ms = 9,600 a second), and a fuller window makes
+/// larger batches (commits, multiple-acks): against 128, herald drained the
+/// bench's backlog 4–8 % faster at the same peak RSS (`docs/benchmarks.md`,
+/// a twelfth session).
+pub const BENCH_PREFETCH: u16 = 192;
 
 /// Provider calls in flight per provider in the bench (the shipped config
 /// has Twilio's 16 and Resend's 8). Each open connection costs herald
@@ -120,8 +123,15 @@ pub struct BenchArgs {
 pub struct Run {
     pub name: String,
     pub events: usize,
+    /// The timed part: for herald, from its first send (on a backlog) or
+    /// from every instance ready (`--rate`) to its N-th send.
     pub seconds: f64,
+    /// Events a second over the timed part (those sent before it began,
+    /// while herald's first batch went out, are not counted).
     pub per_second: f64,
+    /// herald's: milliseconds from starting it to the timed part (its
+    /// start-up: configuration, store, broker, topology, consumers).
+    pub started_ms: Option<f64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
@@ -407,6 +417,7 @@ async fn baseline(
         events: args.events,
         seconds,
         per_second: args.events as f64 / seconds,
+        started_ms: None,
         latency_p50_ms: None,
         latency_p99_ms: None,
         latency_max_ms: None,
@@ -757,30 +768,27 @@ async fn herald_run(
         children.push(Instance { child, addr });
     }
     let marks = CpuMarks::take(broker);
-    let start = Instant::now();
+    let spawned = Instant::now();
+    let deadline = spawned + Duration::from_secs(1800);
+    let sent = || twilio.sent_count() + resend.sent_count() - sent_before;
+    // herald's clock measures herald running, not herald starting (the
+    // baseline's starts with its consumer already registered): a steady load
+    // starts once every instance is ready, a backlog at herald's first send.
     if args.rate.is_some() {
-        // A steady load measures herald running, not herald starting.
         for h in &mut children {
             wait_ready(&h.addr, &mut h.child).await?;
         }
+    } else {
+        wait_for(|| sent() > 0, &mut children, deadline).await?;
     }
+    let first_send_ms = spawned.elapsed().as_secs_f64() * 1000.0;
+    let (start, sent_at_start) = (Instant::now(), sent());
     let publisher = args.rate.map(|r| {
         let targets = targets.clone();
         let n = args.events;
         tokio::spawn(async move { publish(&conn, &targets, n, Some(r), None).await })
     });
-    let deadline = start + Duration::from_secs(1800);
-    while twilio.sent_count() + resend.sent_count() - sent_before < args.events {
-        if Instant::now() > deadline {
-            bail!("herald did not send all events in 30 minutes");
-        }
-        for h in &mut children {
-            if let Some(status) = h.child.try_wait()? {
-                bail!("herald exited early: {status}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(|| sent() >= args.events, &mut children, deadline).await?;
     let seconds = start.elapsed().as_secs_f64();
     let shares = marks.since();
     let usage: Vec<(Option<f64>, Option<f64>)> =
@@ -826,7 +834,8 @@ async fn herald_run(
         name,
         events: args.events,
         seconds,
-        per_second: args.events as f64 / seconds,
+        per_second: (args.events - sent_at_start) as f64 / seconds,
+        started_ms: Some(first_send_ms),
         latency_p50_ms: percentile(&lat, 0.5),
         latency_p99_ms: percentile(&lat, 0.99),
         latency_max_ms: lat.last().copied(),
@@ -846,6 +855,27 @@ struct Instance {
     child: std::process::Child,
     /// Its HTTP address.
     addr: String,
+}
+
+/// Waits (polling every millisecond) until `done`, or fails if an
+/// instance exits or the deadline passes.
+async fn wait_for(
+    done: impl Fn() -> bool,
+    children: &mut [Instance],
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("herald did not send all events in 30 minutes");
+        }
+        for h in children.iter_mut() {
+            if let Some(status) = h.child.try_wait()? {
+                bail!("herald exited early: {status}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 impl Drop for Instance {
@@ -1060,6 +1090,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         "herald ran at prefetch {} per class, {} calls in flight per provider",
         results.prefetch, results.provider_max_concurrency
     );
+    if let Some(ms) = results.herald.started_ms {
+        println!("herald's timed part began {ms:.0} ms after it was started (its start-up is not in its seconds)");
+    }
     match results.queue_version {
         Some(v) => println!(
             "every queue of the run (the baseline's and herald's) was a classic queue v{v}"
