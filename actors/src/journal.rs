@@ -170,7 +170,13 @@ impl Journal {
             self.arm_park_check(ctx);
             return;
         }
-        self.active.insert(id, Active::of(&submit));
+        self.admit(submit);
+    }
+
+    /// Queues a claim as its event's copy in flight here.
+    fn admit(&mut self, submit: Submit) {
+        self.active
+            .insert(submit.job.event_id.clone(), Active::of(&submit));
         self.claims.push_back(submit);
     }
 
@@ -458,9 +464,7 @@ impl Handler<Reclaim> for Journal {
     /// A claimed job whose lease the provider could not renew: claim it
     /// again, still in flight here (so no parked copy passes it).
     fn handle(&mut self, Reclaim(submit): Reclaim, ctx: &mut Context<Self>) {
-        self.active
-            .insert(submit.job.event_id.clone(), Active::of(&submit));
-        self.claims.push_back(submit);
+        self.admit(submit);
         self.flush(ctx);
     }
 }

@@ -213,8 +213,7 @@ impl Provider {
                         Err(e) => warn!(event_id = %submit.job.event_id, error = %e,
                             "could not renew a waiting claim's lease; claiming it again"),
                     }
-                    act.in_flight -= 1;
-                    drop(open);
+                    act.close(open);
                     // Without a journal (restarting) the ticket drops and the
                     // broker delivers the event again.
                     let _ = send_or_return(act.registry.journal(), Reclaim(submit));
@@ -238,8 +237,7 @@ impl Provider {
                 .send(outbound)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
-                    act.in_flight -= 1;
-                    drop(open);
+                    act.close(open);
                     act.registry.observe(Observe::ProviderCall {
                         channel,
                         duration: started.elapsed(),
@@ -250,6 +248,12 @@ impl Provider {
                     act.drain(ctx);
                 }),
         );
+    }
+
+    /// A job that held a slot (`open`) no longer does.
+    fn close(&mut self, open: OpenRequest) {
+        self.in_flight -= 1;
+        drop(open);
     }
 
     fn price(&self, submit: &Submit, receipt: crate::model::Receipt) -> Sent {

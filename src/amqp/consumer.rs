@@ -340,16 +340,7 @@ fn reject(
     let span =
         tracing::warn_span!("dead_letter", %event_id, class = %label, reason = rejection.reason);
     span.in_scope(|| warn!(detail = %rejection.detail, "event rejected"));
-    // Counted once the broker has the letter, as the class senders count
-    // theirs: a refused one comes back and is counted when it goes.
-    let registry = ctx.registry.clone();
-    let reason = rejection.reason;
-    let counted = move || {
-        registry.observe(Observe::DeadLetter {
-            class: label.into(),
-            reason,
-        })
-    };
+    let (registry, reason) = (ctx.registry.clone(), rejection.reason);
     let letter = DeadLetter {
         class: env.class,
         reason: rejection.reason,
@@ -362,7 +353,13 @@ fn reject(
     ticket.settle_when_published(
         ctx.publisher.dead_letter(letter),
         move |ticket| async move {
-            counted();
+            // Counted once the broker has the letter, as the class senders
+            // count theirs: a refused one comes back and is counted when it
+            // goes.
+            registry.observe(Observe::DeadLetter {
+                class: label.into(),
+                reason,
+            });
             ticket.ack();
         },
         || std::future::ready(()),
