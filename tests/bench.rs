@@ -3,7 +3,10 @@
 //! docs/benchmarks.md, never asserted here.) Uses the real broker (vhost
 //! `herald-bench`) and PostgreSQL, as the bench does.
 
+mod support;
+
 use herald::bench::{run, BenchArgs, BENCH_PREFETCH, QUEUE_VERSION_POLICY};
+use support::rabbitmqctl;
 use tokio::sync::Mutex;
 
 /// Held by each test that runs the bench: runs share the vhost and its
@@ -87,15 +90,6 @@ fn storage_version(queue: &str) -> Option<String> {
         .collect();
     let (_, after) = status.split_once("{version,")?;
     Some(after.chars().take_while(char::is_ascii_digit).collect())
-}
-
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]

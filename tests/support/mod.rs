@@ -53,7 +53,8 @@ impl Drop for Vhost {
     }
 }
 
-pub fn rabbitmqctl(args: &[&str]) {
+/// Runs `rabbitmqctl -q` (it must succeed); returns what it printed.
+pub fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl")
         .arg("-q")
         .args(args)
@@ -64,6 +65,7 @@ pub fn rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Fake providers, a vhost, and a live-mode config pointing at them, with
