@@ -103,6 +103,12 @@ pub struct BenchArgs {
     /// Skip the baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Rounds to run, each the baseline then herald, alternated; the
+    /// figures reported are the median round's (by herald's ratio to the
+    /// baseline, or by herald's throughput without one), every round's
+    /// listed beside them.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Classic queue version (1 or 2) of every queue in the bench vhost,
     /// the baseline's and herald's, set by policy.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -169,17 +175,43 @@ pub struct Results {
     /// The classic queue version the bench's policy gave every queue of the
     /// run (`None`: `rabbitmqctl` was not at hand, the broker's own).
     pub queue_version: Option<u8>,
+    /// The median round's runs and ratio (the only round's, with one).
+    #[serde(flatten)]
+    pub median: Round,
+    /// Which of `rounds` is the median (from 0).
+    pub median_round: usize,
+    /// Every round, in the order they ran.
+    pub rounds: Vec<Round>,
+}
+
+/// The baseline, then herald, on the same broker and fakes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
     pub baseline: Option<Run>,
     pub herald: Run,
     /// herald's throughput over the baseline's.
     pub ratio: Option<f64>,
 }
 
-impl Results {
+impl Round {
     /// The baseline's run, if it ran, then herald's.
     fn runs(&self) -> impl Iterator<Item = &Run> {
         self.baseline.iter().chain(std::iter::once(&self.herald))
     }
+
+    /// What rounds are ranked by: the ratio, or herald's throughput when
+    /// no baseline ran.
+    fn rank(&self) -> f64 {
+        self.ratio.unwrap_or(self.herald.per_second)
+    }
+}
+
+/// The index of the median round; of an even number, the lower of the two
+/// middle ones (the figure reported is never the better of a pair).
+fn median_of(rounds: &[Round]) -> usize {
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|&a, &b| rounds[a].rank().total_cmp(&rounds[b].rank()));
+    order[(rounds.len() - 1) / 2]
 }
 
 /// Microseconds since the epoch: an event's publish time, and its
@@ -994,6 +1026,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     if args.instances == 0 {
         bail!("--instances must be at least 1");
     }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     if args.instances > 1 && args.store != "postgres" {
         bail!("several instances share a store only on PostgreSQL: add --store postgres");
     }
@@ -1007,16 +1042,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     resend.set_record_requests(false);
     // Looked up once: both runs read the same broker's counters.
     let broker = broker_pid(&args.broker);
-    let base = if args.no_baseline {
-        None
-    } else {
-        Some(baseline(&args, &vhost_url, &twilio, broker).await?)
-    };
-    let seed = rand::random::<u64>();
-    twilio.set_error_rate(args.error_rate, seed);
-    resend.set_error_rate(args.error_rate, seed.wrapping_add(1));
-    let herald = herald_run(&args, &vhost_url, &twilio, &resend, broker).await?;
-    let ratio = base.as_ref().map(|b| herald.per_second / b.per_second);
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let base = if args.no_baseline {
+            None
+        } else {
+            twilio.set_error_rate(0.0, 0);
+            resend.set_error_rate(0.0, 0);
+            Some(baseline(&args, &vhost_url, &twilio, broker).await?)
+        };
+        let seed = rand::random::<u64>();
+        twilio.set_error_rate(args.error_rate, seed);
+        resend.set_error_rate(args.error_rate, seed.wrapping_add(1));
+        let herald = herald_run(&args, &vhost_url, &twilio, &resend, broker).await?;
+        let ratio = base.as_ref().map(|b| herald.per_second / b.per_second);
+        rounds.push(Round {
+            baseline: base,
+            herald,
+            ratio,
+        });
+    }
+    let median_round = median_of(&rounds);
     let results = Results {
         events: args.events,
         provider_latency_ms: args.latency_ms,
@@ -1027,9 +1073,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         prefetch: args.prefetch,
         provider_max_concurrency: BENCH_MAX_CONCURRENCY,
         queue_version,
-        baseline: base,
-        herald,
-        ratio,
+        median: rounds[median_round].clone(),
+        median_round,
+        rounds,
     };
     println!(
         "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
@@ -1047,30 +1093,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         "broker s",
         "idle %"
     );
-    for r in results.runs() {
-        println!(
-            "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
-            r.name,
-            r.events,
-            r.seconds,
-            r.per_second,
-            fmt_opt(r.latency_p50_ms, 1),
-            fmt_opt(r.latency_p99_ms, 1),
-            fmt_opt(r.latency_max_ms, 1),
-            fmt_opt(r.cpu_seconds, 2),
-            fmt_opt(r.peak_rss_mb, 1),
-            fmt_opt(r.bench_cpu_seconds, 2),
-            fmt_opt(r.fakes_cpu_seconds, 2),
-            fmt_opt(r.broker_cpu_seconds, 2),
-            fmt_opt(r.machine_idle_share.map(|s| s * 100.0), 0)
-        );
+    let numbered = results.rounds.len() > 1;
+    for (i, round) in results.rounds.iter().enumerate() {
+        for r in round.runs() {
+            let name = if numbered {
+                format!("{} #{}", r.name, i + 1)
+            } else {
+                r.name.clone()
+            };
+            println!(
+                "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                name,
+                r.events,
+                r.seconds,
+                r.per_second,
+                fmt_opt(r.latency_p50_ms, 1),
+                fmt_opt(r.latency_p99_ms, 1),
+                fmt_opt(r.latency_max_ms, 1),
+                fmt_opt(r.cpu_seconds, 2),
+                fmt_opt(r.peak_rss_mb, 1),
+                fmt_opt(r.bench_cpu_seconds, 2),
+                fmt_opt(r.fakes_cpu_seconds, 2),
+                fmt_opt(r.broker_cpu_seconds, 2),
+                fmt_opt(r.machine_idle_share.map(|s| s * 100.0), 0)
+            );
+        }
     }
-    if let Some(r) = results.ratio {
+    let median = &results.median;
+    if numbered {
+        let ratios: Vec<String> = results.rounds.iter().map(|r| fmt_opt(r.ratio, 2)).collect();
+        println!(
+            "herald / baseline by round: {}; the median round is #{} ({}), whose figures the JSON's top level holds",
+            ratios.join(", "),
+            results.median_round + 1,
+            fmt_opt(median.ratio, 2)
+        );
+    } else if let Some(r) = median.ratio {
         println!("herald / baseline: {r:.2}");
     }
     // On a machine with no idle core, throughput follows what a message
     // costs everyone: these figures compare across machines and runs.
-    let costs: Vec<String> = results
+    let costs: Vec<String> = median
         .runs()
         .map(|r| {
             let who = r
@@ -1083,14 +1146,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         })
         .collect();
     println!(
-        "CPU µs per message (engine / fakes / broker): {}",
+        "CPU µs per message (engine / fakes / broker){}: {}",
+        if numbered { ", the median round" } else { "" },
         costs.join("; ")
     );
     println!(
         "herald ran at prefetch {} per class, {} calls in flight per provider",
         results.prefetch, results.provider_max_concurrency
     );
-    if let Some(ms) = results.herald.started_ms {
+    if let Some(ms) = median.herald.started_ms {
         println!("herald's timed part began {ms:.0} ms after it was started (its start-up is not in its seconds)");
     }
     match results.queue_version {
@@ -1099,7 +1163,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         ),
         None => println!("the queues' version is the broker's own (rabbitmqctl was not at hand)"),
     }
-    if let Some(n) = results.herald.provider_errors {
+    if let Some(n) = median.herald.provider_errors {
         println!(
             "provider errors answered (error rate {}): {n}, each retried",
             results.error_rate
@@ -1114,6 +1178,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn round(herald_per_second: f64, baseline_per_second: Option<f64>) -> Round {
+        let run = |name: &str, per_second: f64| Run {
+            name: name.into(),
+            events: 1,
+            seconds: 1.0,
+            per_second,
+            started_ms: None,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
+            latency_max_ms: None,
+            cpu_seconds: None,
+            peak_rss_mb: None,
+            provider_errors: None,
+            bench_cpu_seconds: None,
+            fakes_cpu_seconds: None,
+            broker_cpu_seconds: None,
+            machine_idle_share: None,
+        };
+        Round {
+            baseline: baseline_per_second.map(|b| run("baseline", b)),
+            herald: run("herald", herald_per_second),
+            ratio: baseline_per_second.map(|b| herald_per_second / b),
+        }
+    }
+
+    #[test]
+    fn the_median_round_goes_by_the_ratio_and_of_two_middles_takes_the_lower() {
+        // By ratio (0.9, 0.5, 0.7), not by herald's throughput.
+        let by_ratio = [
+            round(9.0, Some(10.0)),
+            round(10.0, Some(20.0)),
+            round(7.0, Some(10.0)),
+        ];
+        assert_eq!(median_of(&by_ratio), 2);
+        // Four rounds without a baseline: 5, 8, 6, 7 a second; the middles
+        // are 6 and 7.
+        let even = [5.0, 8.0, 6.0, 7.0].map(|h| round(h, None));
+        assert_eq!(median_of(&even), 2);
+        assert_eq!(median_of(&[round(3.0, None)]), 0);
+    }
 
     #[test]
     fn the_fakes_threads_are_told_apart_from_the_benchs_own() {

@@ -25,6 +25,7 @@ fn args(events: usize) -> BenchArgs {
         error_rate: 0.0,
         instances: 1,
         no_baseline: true,
+        rounds: 1,
         queue_version: 2,
         broker: "amqp://guest:guest@127.0.0.1:5672".into(),
         json: None,
@@ -47,20 +48,24 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     .await
     .unwrap();
     // `run` fails unless the fakes accepted every event.
-    assert_eq!(results.herald.events, 400);
+    assert_eq!(results.median.herald.events, 400);
     assert_eq!(results.instances, 2);
     assert!(
-        results.herald.name.contains("2 instances"),
+        results.median.herald.name.contains("2 instances"),
         "{}",
-        results.herald.name
+        results.median.herald.name
     );
-    let errors = results.herald.provider_errors.expect("errors counted");
+    let errors = results
+        .median
+        .herald
+        .provider_errors
+        .expect("errors counted");
     // ~20 % of at least 400 requests, each retried until accepted.
     assert!((20..=200).contains(&errors), "{errors} provider errors");
-    assert!(results.herald.cpu_seconds.is_some_and(|s| s > 0.0));
+    assert!(results.median.herald.cpu_seconds.is_some_and(|s| s > 0.0));
     // The broker runs on this machine: its CPU is told apart from the
     // fakes' (this process) and from the idle share.
-    let h = &results.herald;
+    let h = &results.median.herald;
     assert!(h.broker_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
     assert!(h.bench_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
     assert!(
@@ -119,6 +124,51 @@ async fn every_queue_of_a_run_the_baseline_included_gets_the_queue_version_asked
 }
 
 #[tokio::test]
+async fn rounds_alternate_baseline_and_herald_and_the_median_round_is_reported() {
+    let _vhost = VHOST.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let results = run(BenchArgs {
+        rounds: 3,
+        no_baseline: false,
+        json: Some(json.clone()),
+        ..args(200)
+    })
+    .await
+    .unwrap();
+    assert_eq!(results.rounds.len(), 3);
+    let mut ratios = Vec::new();
+    for round in &results.rounds {
+        let base = round
+            .baseline
+            .as_ref()
+            .expect("each round runs the baseline");
+        assert_eq!((base.events, round.herald.events), (200, 200));
+        let ratio = round.ratio.expect("each round has its ratio");
+        assert_eq!(ratio, round.herald.per_second / base.per_second);
+        ratios.push(ratio);
+    }
+    // Of three, the median is the one neither above nor below both others.
+    let median = ratios[results.median_round];
+    let above = ratios.iter().filter(|r| **r > median).count();
+    let below = ratios.iter().filter(|r| **r < median).count();
+    assert!(
+        above <= 1 && below <= 1,
+        "{ratios:?}, median #{}",
+        results.median_round
+    );
+    assert_eq!(results.median.ratio, Some(median));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(written["rounds"].as_array().map(Vec::len), Some(3));
+    assert_eq!(written["ratio"].as_f64(), Some(median));
+    assert_eq!(
+        written["herald"]["per_second"],
+        written["rounds"][results.median_round]["herald"]["per_second"]
+    );
+}
+
+#[tokio::test]
 async fn options_out_of_range_are_refused_before_anything_runs() {
     let refused = |a: BenchArgs| async move { run(a).await.unwrap_err().to_string() };
     let e = refused(BenchArgs {
@@ -138,5 +188,11 @@ async fn options_out_of_range_are_refused_before_anything_runs() {
         ..args(10)
     })
     .await;
-    assert!(e.contains("at least 1"), "{e}");
+    assert!(e.contains("--instances must be at least 1"), "{e}");
+    let e = refused(BenchArgs {
+        rounds: 0,
+        ..args(10)
+    })
+    .await;
+    assert!(e.contains("--rounds must be at least 1"), "{e}");
 }
