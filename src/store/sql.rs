@@ -317,8 +317,10 @@ pub(crate) struct Bulk {
     pub insert_attempts: &'static str,
     /// Closes the open attempt each record names (one record per event):
     /// event id, channel, attempt, now, outcome, error, provider id, cost.
-    /// Only an event's latest attempt (`seq = messages.attempts`) can be
-    /// open, so both joins are primary-key lookups.
+    /// An event has at most one open attempt (a later claim closes it
+    /// before it opens the next, under the message's lock: `claim_one`),
+    /// so the open one is found among the event's own attempts by the
+    /// primary key's prefix, without reading the message.
     pub close_attempts: &'static str,
     /// `sent` wins over every status but itself: event id, channel,
     /// provider id, cost, segments, now. (PostgreSQL returns the ids it
@@ -368,9 +370,8 @@ FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, CAST(value ->> 2 A
 CAST(value ->> 3 AS BIGINT) AS finished_at, value ->> 4 AS outcome, value ->> 5 AS error, \
 value ->> 6 AS provider_id, CAST(value ->> 7 AS DOUBLE PRECISION) AS cost_usd FROM ",
         pg_rows!(),
-        ") AS v, messages AS m WHERE m.event_id = v.event_id AND attempts.event_id = v.event_id \
-AND attempts.seq = m.attempts AND attempts.channel = v.channel AND attempts.attempt = v.attempt \
-AND attempts.finished_at IS NULL"
+        ") AS v WHERE attempts.event_id = v.event_id AND attempts.finished_at IS NULL \
+AND attempts.channel = v.channel AND attempts.attempt = v.attempt"
     ),
     record_sent: concat!(
         "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
@@ -437,9 +438,8 @@ WHERE address IN (SELECT value FROM json_each($1))",
         insert_attempts: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
 lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         close_attempts: "UPDATE attempts SET finished_at = $4, outcome = $5, error = $6, \
-provider_id = $7, cost_usd = $8 WHERE event_id = $1 \
-AND seq = (SELECT attempts FROM messages WHERE event_id = $1) AND channel = $2 AND attempt = $3 \
-AND finished_at IS NULL",
+provider_id = $7, cost_usd = $8 WHERE event_id = $1 AND finished_at IS NULL \
+AND channel = $2 AND attempt = $3",
         record_sent: "UPDATE messages SET status = 'sent', channel = $2, provider_id = $3, \
 cost_usd = $4, segments = $5, finished_at = $6, updated_at = $6, delivery = NULL, delivery_rank = 0, \
 delivery_error = NULL, delivery_at = NULL WHERE event_id = $1 AND status <> 'sent'",
