@@ -199,18 +199,27 @@ impl Round {
         self.baseline.iter().chain(std::iter::once(&self.herald))
     }
 
-    /// What rounds are ranked by: the ratio, or herald's throughput when
-    /// no baseline ran.
-    fn rank(&self) -> f64 {
-        self.ratio.unwrap_or(self.herald.per_second)
+    /// How good the round was, for ranking rounds: the ratio; without a
+    /// baseline herald's throughput; at a steady rate (`steady`), where
+    /// the throughput is the rate, the p99 latency (lower is better).
+    fn goodness(&self, steady: bool) -> f64 {
+        match (steady, self.ratio) {
+            (true, _) => -self.herald.latency_p99_ms.unwrap_or(f64::INFINITY),
+            (false, Some(ratio)) => ratio,
+            (false, None) => self.herald.per_second,
+        }
     }
 }
 
-/// The index of the median round; of an even number, the lower of the two
-/// middle ones (the figure reported is never the better of a pair).
-fn median_of(rounds: &[Round]) -> usize {
+/// The index of the median round by [`Round::goodness`]; of an even
+/// number, the worse of the two middle ones (the figure reported is never
+/// the better of a pair).
+fn median_of(rounds: &[Round], steady: bool) -> usize {
     let mut order: Vec<usize> = (0..rounds.len()).collect();
-    order.sort_by(|&a, &b| rounds[a].rank().total_cmp(&rounds[b].rank()));
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&rounds[a], &rounds[b]);
+        a.goodness(steady).total_cmp(&b.goodness(steady))
+    });
     order[(rounds.len() - 1) / 2]
 }
 
@@ -1062,7 +1071,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
             ratio,
         });
     }
-    let median_round = median_of(&rounds);
+    let median_round = median_of(&rounds, args.rate.is_some());
     let results = Results {
         events: args.events,
         provider_latency_ms: args.latency_ms,
@@ -1121,12 +1130,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     }
     let median = &results.median;
     if numbered {
-        let ratios: Vec<String> = results.rounds.iter().map(|r| fmt_opt(r.ratio, 2)).collect();
+        // Each round by what ranked it (`Round::goodness`).
+        let (what, figure): (&str, fn(&Round) -> String) = match (args.rate, median.ratio) {
+            (Some(_), _) => ("herald's p99 ms", |r| fmt_opt(r.herald.latency_p99_ms, 1)),
+            (None, Some(_)) => ("herald / baseline", |r| fmt_opt(r.ratio, 2)),
+            (None, None) => ("herald msg/s", |r| format!("{:.0}", r.herald.per_second)),
+        };
+        let by_round: Vec<String> = results.rounds.iter().map(figure).collect();
         println!(
-            "herald / baseline by round: {}; the median round is #{} ({}), whose figures the JSON's top level holds",
-            ratios.join(", "),
+            "{what} by round: {}; the median round is #{} ({}), whose figures the JSON's top level holds",
+            by_round.join(", "),
             results.median_round + 1,
-            fmt_opt(median.ratio, 2)
+            figure(median)
         );
     } else if let Some(r) = median.ratio {
         println!("herald / baseline: {r:.2}");
@@ -1205,19 +1220,32 @@ mod tests {
     }
 
     #[test]
-    fn the_median_round_goes_by_the_ratio_and_of_two_middles_takes_the_lower() {
+    fn the_median_round_goes_by_the_ratio_and_of_two_middles_takes_the_worse() {
         // By ratio (0.9, 0.5, 0.7), not by herald's throughput.
         let by_ratio = [
             round(9.0, Some(10.0)),
             round(10.0, Some(20.0)),
             round(7.0, Some(10.0)),
         ];
-        assert_eq!(median_of(&by_ratio), 2);
+        assert_eq!(median_of(&by_ratio, false), 2);
         // Four rounds without a baseline: 5, 8, 6, 7 a second; the middles
         // are 6 and 7.
         let even = [5.0, 8.0, 6.0, 7.0].map(|h| round(h, None));
-        assert_eq!(median_of(&even), 2);
-        assert_eq!(median_of(&[round(3.0, None)]), 0);
+        assert_eq!(median_of(&even, false), 2);
+        assert_eq!(median_of(&[round(3.0, None)], false), 0);
+    }
+
+    #[test]
+    fn at_a_steady_rate_the_median_round_goes_by_the_p99() {
+        // The same throughput (the rate); p99 12, 9, 10, 15 ms: the middles
+        // are 10 and 12, and 12 is the worse.
+        let rounds = [12.0, 9.0, 10.0, 15.0].map(|p99| {
+            let mut r = round(2000.0, None);
+            r.herald.latency_p99_ms = Some(p99);
+            r
+        });
+        assert_eq!(median_of(&rounds, true), 0);
+        assert_eq!(median_of(&rounds[1..], true), 1);
     }
 
     #[test]
