@@ -105,8 +105,8 @@ pub struct BenchArgs {
     pub no_baseline: bool,
     /// Rounds to run, each the baseline then herald, alternated; the
     /// figures reported are the median round's (by herald's ratio to the
-    /// baseline, or by herald's throughput without one), every round's
-    /// listed beside them.
+    /// baseline; without one by herald's throughput; with `--rate` by its
+    /// p99), every round's listed beside them.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Classic queue version (1 or 2) of every queue in the bench vhost,

@@ -48,24 +48,16 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     .await
     .unwrap();
     // `run` fails unless the fakes accepted every event.
-    assert_eq!(results.median.herald.events, 400);
+    let h = &results.median.herald;
+    assert_eq!(h.events, 400);
     assert_eq!(results.instances, 2);
-    assert!(
-        results.median.herald.name.contains("2 instances"),
-        "{}",
-        results.median.herald.name
-    );
-    let errors = results
-        .median
-        .herald
-        .provider_errors
-        .expect("errors counted");
+    assert!(h.name.contains("2 instances"), "{}", h.name);
+    let errors = h.provider_errors.expect("errors counted");
     // ~20 % of at least 400 requests, each retried until accepted.
     assert!((20..=200).contains(&errors), "{errors} provider errors");
-    assert!(results.median.herald.cpu_seconds.is_some_and(|s| s > 0.0));
+    assert!(h.cpu_seconds.is_some_and(|s| s > 0.0));
     // The broker runs on this machine: its CPU is told apart from the
     // fakes' (this process) and from the idle share.
-    let h = &results.median.herald;
     assert!(h.broker_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
     assert!(h.bench_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
     assert!(
@@ -170,29 +162,38 @@ async fn rounds_alternate_baseline_and_herald_and_the_median_round_is_reported()
 
 #[tokio::test]
 async fn options_out_of_range_are_refused_before_anything_runs() {
-    let refused = |a: BenchArgs| async move { run(a).await.unwrap_err().to_string() };
-    let e = refused(BenchArgs {
-        error_rate: 0.9,
-        ..args(10)
-    })
-    .await;
-    assert!(e.contains("--error-rate must be from 0 to 0.5"), "{e}");
-    let e = refused(BenchArgs {
-        instances: 2,
-        ..args(10)
-    })
-    .await;
-    assert!(e.contains("--store postgres"), "{e}");
-    let e = refused(BenchArgs {
-        instances: 0,
-        ..args(10)
-    })
-    .await;
-    assert!(e.contains("--instances must be at least 1"), "{e}");
-    let e = refused(BenchArgs {
-        rounds: 0,
-        ..args(10)
-    })
-    .await;
-    assert!(e.contains("--rounds must be at least 1"), "{e}");
+    let cases = [
+        (
+            BenchArgs {
+                error_rate: 0.9,
+                ..args(10)
+            },
+            "--error-rate must be from 0 to 0.5",
+        ),
+        (
+            BenchArgs {
+                instances: 2,
+                ..args(10)
+            },
+            "--store postgres",
+        ),
+        (
+            BenchArgs {
+                instances: 0,
+                ..args(10)
+            },
+            "--instances must be at least 1",
+        ),
+        (
+            BenchArgs {
+                rounds: 0,
+                ..args(10)
+            },
+            "--rounds must be at least 1",
+        ),
+    ];
+    for (refused, why) in cases {
+        let e = run(refused).await.unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
 }
