@@ -175,13 +175,28 @@ pub struct Results {
     /// The classic queue version the bench's policy gave every queue of the
     /// run (`None`: `rabbitmqctl` was not at hand, the broker's own).
     pub queue_version: Option<u8>,
-    /// The median round's runs and ratio (the only round's, with one).
-    #[serde(flatten)]
-    pub median: Round,
     /// Which of `rounds` is the median (from 0).
     pub median_round: usize,
     /// Every round, in the order they ran.
     pub rounds: Vec<Round>,
+}
+
+impl Results {
+    /// The median round (the only one, with one round).
+    pub fn median(&self) -> &Round {
+        &self.rounds[self.median_round]
+    }
+}
+
+/// The JSON the bench writes: the results with the median round's runs and
+/// ratio at the top level (`baseline`, `herald`, `ratio`, as a run of one
+/// round has always written them).
+#[derive(Serialize)]
+struct Written<'a> {
+    #[serde(flatten)]
+    results: &'a Results,
+    #[serde(flatten)]
+    median: &'a Round,
 }
 
 /// The baseline, then herald, on the same broker and fakes.
@@ -1082,7 +1097,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         prefetch: args.prefetch,
         provider_max_concurrency: BENCH_MAX_CONCURRENCY,
         queue_version,
-        median: rounds[median_round].clone(),
         median_round,
         rounds,
     };
@@ -1128,7 +1142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
             );
         }
     }
-    let median = &results.median;
+    let median = results.median();
     if numbered {
         // Each round by what ranked it (`Round::goodness`).
         let (what, figure): (&str, fn(&Round) -> String) = match (args.rate, median.ratio) {
@@ -1185,7 +1199,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         );
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+        let written = Written {
+            results: &results,
+            median,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&written)?)?;
     }
     Ok(results)
 }

@@ -5,7 +5,7 @@
 
 mod support;
 
-use herald::bench::{run, BenchArgs, BENCH_PREFETCH, QUEUE_VERSION_POLICY};
+use herald::bench::{run, BenchArgs, Results, BENCH_PREFETCH, QUEUE_VERSION_POLICY};
 use support::rabbitmqctl;
 use tokio::sync::Mutex;
 
@@ -33,22 +33,33 @@ fn args(events: usize) -> BenchArgs {
     }
 }
 
-#[tokio::test]
-async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
-    let _vhost = VHOST.lock().await;
+/// Runs the bench with its JSON written; returns the results and what the
+/// JSON file holds.
+async fn run_written(args: BenchArgs) -> (Results, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let results = run(BenchArgs {
-        store: "postgres".into(),
-        instances: 2,
-        error_rate: 0.2,
         json: Some(json.clone()),
-        ..args(400)
+        ..args
     })
     .await
     .unwrap();
+    let written = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (results, written)
+}
+
+#[tokio::test]
+async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
+    let _vhost = VHOST.lock().await;
+    let (results, written) = run_written(BenchArgs {
+        store: "postgres".into(),
+        instances: 2,
+        error_rate: 0.2,
+        ..args(400)
+    })
+    .await;
     // `run` fails unless the fakes accepted every event.
-    let h = &results.median.herald;
+    let h = &results.median().herald;
     assert_eq!(h.events, 400);
     assert_eq!(results.instances, 2);
     assert!(h.name.contains("2 instances"), "{}", h.name);
@@ -65,8 +76,6 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
             .is_some_and(|s| (0.0..=1.0).contains(&s)),
         "{h:?}"
     );
-    let written: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(written["instances"], 2);
     assert_eq!(written["prefetch"], BENCH_PREFETCH);
     assert_eq!(written["error_rate"], 0.2);
@@ -118,16 +127,12 @@ async fn every_queue_of_a_run_the_baseline_included_gets_the_queue_version_asked
 #[tokio::test]
 async fn rounds_alternate_baseline_and_herald_and_the_median_round_is_reported() {
     let _vhost = VHOST.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let results = run(BenchArgs {
+    let (results, written) = run_written(BenchArgs {
         rounds: 3,
         no_baseline: false,
-        json: Some(json.clone()),
         ..args(200)
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(results.rounds.len(), 3);
     let mut ratios = Vec::new();
     for round in &results.rounds {
@@ -149,9 +154,7 @@ async fn rounds_alternate_baseline_and_herald_and_the_median_round_is_reported()
         "{ratios:?}, median #{}",
         results.median_round
     );
-    assert_eq!(results.median.ratio, Some(median));
-    let written: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(results.median().ratio, Some(median));
     assert_eq!(written["rounds"].as_array().map(Vec::len), Some(3));
     assert_eq!(written["ratio"].as_f64(), Some(median));
     assert_eq!(
