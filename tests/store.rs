@@ -222,6 +222,7 @@ on_both_backends!(
     a_due_event_is_leased_to_one_scheduler_until_its_lease_ends,
     a_call_in_flight_on_another_instance_is_not_sent_again,
     a_waiting_claim_renews_its_lease_unless_another_instance_took_the_event,
+    a_record_closes_its_attempt_on_a_message_already_sent,
     a_webhook_delivery_applies_once,
     a_frequency_cap_counts_the_batch_in_order,
     erasing_a_user_keeps_anonymous_counts_only,
@@ -351,7 +352,9 @@ async fn fresh_claim_sends(db: &Db) {
     assert_eq!(log(&v), [(1, "sms", None)]);
     assert_eq!(v.attempt_log[0].started_at_ms, T0);
     assert_eq!(v.attempt_log[0].finished_at_ms, None);
-    assert_eq!(db.attempt_rows("e1").await, 1);
+    // The open attempt lives on the message; `attempts` holds finished
+    // attempts only (ADR 0005).
+    assert_eq!(db.attempt_rows("e1").await, 0);
 }
 
 async fn claim_after_sent_is_already_sent(db: &Db) {
@@ -1064,11 +1067,10 @@ async fn purge_deletes_by_age_and_status_with_attempts(db: &Db) {
         "retrying-old",
         "sending-old",
     ] {
-        assert!(
-            store.message(kept).await.unwrap().is_some(),
-            "{kept} deleted"
-        );
-        assert_eq!(db.attempt_rows(kept).await, 1, "attempts of {kept}");
+        let v = store.message(kept).await.unwrap();
+        assert!(v.is_some(), "{kept} deleted");
+        // `sending-old`'s attempt is open, on its message.
+        assert_eq!(v.unwrap().attempt_log.len(), 1, "attempts of {kept}");
     }
     // Receipt keys go once no receipt can come (days, whatever the
     // messages' retention): all five, two a statement.
@@ -1189,6 +1191,98 @@ async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
     );
 }
 
+/// Runs the shipped migrations of `dialect` before `first_not_run` on
+/// `url`, as an earlier herald did.
+async fn migrate_before(url: &str, dialect: &str, first_not_run: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < first_not_run {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    if dialect == "sqlite" {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        migrator.run(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        migrator.run(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+}
+
+/// Migration 0009 moves each event's open attempt from `attempts` onto its
+/// message: the store made before it still shows the attempt open, its
+/// owner's lease still holds, and its record closes it. An open attempt
+/// that was not its event's latest (none should exist) is closed as an
+/// unknown outcome.
+async fn open_attempts_move_onto_their_messages(url: &str, dialect: &str) {
+    migrate_before(url, dialect, "0009").await;
+    let rows = "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
+created_at, updated_at) VALUES ('m-open', 'otp', 'u1', 'sms', 'sending', 2, 10, 30), \
+('m-done', 'otp', 'u1', 'sms', 'sent', 1, 10, 20); \
+INSERT INTO attempts (event_id, seq, attempt, channel, started_at, finished_at, outcome, \
+owner, lease_until) VALUES ('m-open', 1, 1, 'sms', 10, NULL, NULL, 'gone', 15), \
+('m-open', 2, 2, 'sms', 30, NULL, NULL, 'other', 9000000000000), \
+('m-done', 1, 1, 'sms', 10, 20, 'sent', 'a', 15);";
+    if dialect == "sqlite" {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(rows).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(rows).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Store::open(url).await.unwrap();
+    let v = view(&store, "m-open").await;
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("outcome_unknown")), (2, "sms", None)]
+    );
+    assert_eq!(v.attempt_log[1].started_at_ms, 30);
+    assert_eq!(
+        log(&view(&store, "m-done").await),
+        [(1, "sms", Some("sent"))]
+    );
+    // Another owner's lease, moved with its attempt, still holds.
+    assert_eq!(
+        store.claim(&[claim("m-open", "sms", 2, T0)]).await.unwrap(),
+        [ClaimOutcome::InFlightElsewhere]
+    );
+    store
+        .record(&[record("m-open", "sms", 2, sent("SM2", 0.0075, 1), T0)])
+        .await
+        .unwrap();
+    let v = view(&store, "m-open").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(
+        log(&v),
+        [
+            (1, "sms", Some("outcome_unknown")),
+            (2, "sms", Some("sent"))
+        ]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_open_attempts_move_onto_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
+    open_attempts_move_onto_their_messages(&url, "sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_open_attempts_move_onto_their_messages() {
+    let database = PgDatabase::create().await;
+    open_attempts_move_onto_their_messages(&database.url(), "postgres").await;
+}
+
 /// Migration 0008 makes `messages` and `attempts` again (their CHECKs as
 /// comparisons): a SQLite store made before it keeps every row, the
 /// attempts still belong to their messages, and deleting a message still
@@ -1196,25 +1290,9 @@ async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
 #[tokio::test]
 async fn a_sqlite_store_from_before_0008_keeps_its_rows() {
     let dir = tempfile::tempdir().unwrap();
-    // The migrations an earlier herald ran: every one before 0008.
-    let earlier = dir.path().join("migrations");
-    std::fs::create_dir(&earlier).unwrap();
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
-    for entry in std::fs::read_dir(shipped).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.as_str() < "0008" {
-            std::fs::copy(&path, earlier.join(&name)).unwrap();
-        }
-    }
     let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
+    migrate_before(&url, "sqlite", "0008").await;
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::migrate::Migrator::new(earlier.as_path())
-        .await
-        .unwrap()
-        .run(&mut conn)
-        .await
-        .unwrap();
     sqlx::raw_sql(
         "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, provider_id, \
 cost_usd, segments, created_at, updated_at, finished_at, delivery, delivery_rank) \
@@ -1464,7 +1542,7 @@ async fn one_commit_applies_its_records_before_its_claims(db: &Db) {
     assert!(store.commit(&[], &[]).await.unwrap().is_empty());
 }
 
-/// A statement that fails late in a commit (a trigger refuses the attempt
+/// A statement that fails late in a commit (a trigger refuses the message
 /// of event `boom`) undoes the commit's records and its other claims; the
 /// same commit goes through once the trigger is gone.
 async fn a_failed_commit_applies_none_of_its_records_or_claims(db: &Db) {
@@ -1474,12 +1552,12 @@ async fn a_failed_commit_applies_none_of_its_records_or_claims(db: &Db) {
         [SEND]
     );
     db.raw(
-        "CREATE TRIGGER refuse_boom BEFORE INSERT ON attempts WHEN NEW.event_id = 'boom' \
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON messages WHEN NEW.event_id = 'boom' \
          BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
         "CREATE FUNCTION refuse_boom() RETURNS trigger AS $$ BEGIN \
          IF NEW.event_id = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF; RETURN NEW; \
          END $$ LANGUAGE plpgsql; \
-         CREATE TRIGGER refuse_boom BEFORE INSERT ON attempts FOR EACH ROW \
+         CREATE TRIGGER refuse_boom BEFORE INSERT ON messages FOR EACH ROW \
          EXECUTE FUNCTION refuse_boom()",
     )
     .await;
@@ -1496,7 +1574,7 @@ async fn a_failed_commit_applies_none_of_its_records_or_claims(db: &Db) {
 
     db.raw(
         "DROP TRIGGER refuse_boom",
-        "DROP TRIGGER refuse_boom ON attempts; DROP FUNCTION refuse_boom()",
+        "DROP TRIGGER refuse_boom ON messages; DROP FUNCTION refuse_boom()",
     )
     .await;
     assert_eq!(store.commit(&records, &claims).await.unwrap(), [SEND, SEND]);
@@ -1623,6 +1701,65 @@ async fn a_call_in_flight_on_another_instance_is_not_sent_again(db: &Db) {
     assert_eq!(
         a.claim(&[claim("own", "sms", 1, T0 + 1)]).await.unwrap(),
         [SEND_AFTER_UNKNOWN]
+    );
+    b.close().await;
+}
+
+/// A record closes its own attempt even where its update of the message
+/// does not apply: here the message is already `sent`, by a late record
+/// of the attempt before it (an instance that outlived its lease). The
+/// attempt is finished in the log, and nothing of it stays open on the
+/// message for a lease or a later claim to find.
+async fn a_record_closes_its_attempt_on_a_message_already_sent(db: &Db) {
+    let lease = std::time::Duration::from_secs(10);
+    let a = db.store.clone().with_call_lease(lease);
+    let b = db.reopen().await.with_call_lease(lease);
+    let now = herald::store::now_ms();
+    let long_ago = now - 20_000;
+    assert_eq!(
+        a.claim(&[claim("late", "sms", 1, long_ago)]).await.unwrap(),
+        [SEND]
+    );
+    // a's lease is over: b takes the retry's copy, attempt 2.
+    assert_eq!(
+        b.claim(&[claim("late", "sms", 2, now)]).await.unwrap(),
+        [SEND_AFTER_UNKNOWN]
+    );
+    // a's call did go through after all: `sent` wins, b's attempt stays
+    // open.
+    a.record(&[record("late", "sms", 1, sent("SM1", 0.0075, 1), now + 1)])
+        .await
+        .unwrap();
+    let v = view(&a, "late").await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("outcome_unknown")), (2, "sms", None)]
+    );
+    assert!(b.renew_lease("late").await.unwrap());
+    // b's outcome moves nothing (already sent) but closes its attempt.
+    b.record(&[record("late", "sms", 2, retry("503"), now + 2)])
+        .await
+        .unwrap();
+    let v = view(&a, "late").await;
+    assert_eq!(
+        (v.status, v.provider_id.as_deref()),
+        (Status::Sent, Some("SM1"))
+    );
+    assert_eq!(
+        log(&v),
+        [
+            (1, "sms", Some("outcome_unknown")),
+            (2, "sms", Some("retry"))
+        ]
+    );
+    assert!(!b.renew_lease("late").await.unwrap());
+    assert_eq!(db.attempt_rows("late").await, 2);
+    assert_eq!(
+        a.claim(&[claim("late", "sms", 3, now + 3)]).await.unwrap(),
+        [ClaimOutcome::AlreadySent {
+            provider_id: Some("SM1".to_owned())
+        }]
     );
     b.close().await;
 }

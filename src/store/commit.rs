@@ -89,6 +89,13 @@ pub(crate) struct Claimer {
     pub lease_ms: i64,
 }
 
+impl Claimer {
+    /// The end of the lease of an attempt `claim` opens.
+    fn lease_until(&self, claim: &Claim) -> i64 {
+        claim.now_ms.saturating_add(self.lease_ms)
+    }
+}
+
 /// The error recorded on an attempt found open by a later claim.
 const UNFINISHED_ERROR: &str = "no outcome recorded before the event was claimed again";
 
@@ -129,12 +136,7 @@ async fn claim_in(
         .collect();
     // One lock order for every writer (PostgreSQL row locks).
     firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
-    let mut fresh = insert_new(db, dialect, &firsts).await?;
-    let opened: Vec<&Claim> = firsts
-        .into_iter()
-        .filter(|c| fresh.contains(c.event_id.as_str()))
-        .collect();
-    open_attempts(db, dialect, claimer, &opened, 1).await?;
+    let mut fresh = insert_new(db, dialect, claimer, &firsts).await?;
     let mut outcomes = Vec::with_capacity(claims.len());
     for claim in claims {
         // Only an event's first claim in the batch can be in `fresh`;
@@ -274,10 +276,12 @@ fn rows_of<'a, T, const N: usize>(
     items.iter().map(row).collect()
 }
 
-/// Inserts the messages of events not yet stored; returns their ids.
+/// Inserts the messages of events not yet stored, each with its attempt 1
+/// open; returns their ids.
 async fn insert_new<'c>(
     db: &mut impl Exec,
     dialect: &Dialect,
+    claimer: &Claimer,
     claims: &[&'c Claim],
 ) -> Result<HashSet<&'c str>, StoreError> {
     let inserted: HashSet<String> = db
@@ -291,6 +295,9 @@ async fn insert_new<'c>(
                     c.channel,
                     c.fallback_from,
                     c.now_ms,
+                    c.attempt,
+                    &*claimer.owner,
+                    claimer.lease_until(c),
                 ]
             }),
         )
@@ -304,47 +311,17 @@ async fn insert_new<'c>(
         .collect())
 }
 
-/// Opens one attempt per claim, each its event's attempt `seq`.
-async fn open_attempts(
-    db: &mut impl Exec,
-    dialect: &Dialect,
-    claimer: &Claimer,
-    claims: &[&Claim],
-    seq: i64,
-) -> Result<(), StoreError> {
-    let owner = &*claimer.owner;
-    db.bulk(
-        dialect.bulk.insert_attempts,
-        &rows_of(claims, |c| {
-            let lease_until = c.now_ms.saturating_add(claimer.lease_ms);
-            *args![
-                &c.event_id,
-                seq,
-                c.attempt,
-                c.channel,
-                c.now_ms,
-                owner,
-                lease_until,
-            ]
-        }),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Renews the lease of this process's open attempt of `event_id` from
 /// `now_ms`; `false` if it has none (another process's claim closed it).
-/// The message's row is locked first, as a claim locks it, so a claim and
-/// a renewal of one event are one before the other: a renewal never
+/// The lease is on the message's row, which a claim locks: a claim and a
+/// renewal of one event are one before the other, so a renewal never
 /// succeeds beside a claim that found the old lease run out.
 pub(crate) async fn renew(
     db: &mut impl Exec,
-    dialect: &Dialect,
     claimer: &Claimer,
     event_id: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    db.rows(dialect.select_for_claim, args![event_id]).await?;
     let lease_until = now_ms.saturating_add(claimer.lease_ms);
     let args = args![event_id, &*claimer.owner, lease_until];
     Ok(db.run(sql::RENEW_LEASE, args).await? > 0)
@@ -371,9 +348,11 @@ async fn claim_one(
             claim.channel,
             claim.fallback_from,
             claim.now_ms,
+            claim.attempt,
+            &*claimer.owner,
+            claimer.lease_until(claim),
         ];
         db.run(sql::CLAIM_INSERT_MESSAGE, args).await?;
-        open_attempts(db, dialect, claimer, &[claim], 1).await?;
         return Ok(ClaimOutcome::Send {
             previous_unknown: false,
         });
@@ -394,7 +373,7 @@ async fn claim_one(
                 return Ok(ClaimOutcome::InFlightElsewhere);
             }
             let args = args![&claim.event_id, claim.now_ms, UNFINISHED_ERROR];
-            let unfinished = db.run(sql::CLOSE_OPEN_ATTEMPTS, args).await?;
+            let unfinished = db.run(sql::CLOSE_OPEN_ATTEMPT, args).await?;
             let args = args![
                 &claim.event_id,
                 claim.channel,
@@ -402,9 +381,11 @@ async fn claim_one(
                 claim.now_ms,
                 &claim.class,
                 &claim.user_id,
+                claim.attempt,
+                &*claimer.owner,
+                claimer.lease_until(claim),
             ];
-            let seq = first(db.rows(sql::RECLAIM_MESSAGE, args).await?).map_or(0, |v| v.int());
-            open_attempts(db, dialect, claimer, &[claim], seq).await?;
+            db.run(sql::RECLAIM_MESSAGE, args).await?;
             Ok(ClaimOutcome::Send {
                 previous_unknown: unfinished > 0,
             })
@@ -422,20 +403,10 @@ async fn record_in(
         .iter()
         .partition(|r| seen.insert(r.event_id.as_str()));
     firsts.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
-    close_attempts(db, dialect, &firsts).await?;
-    let (sent, other): (Vec<&Record>, Vec<&Record>) = firsts
-        .iter()
-        .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
-    let mut moved = HashSet::with_capacity(firsts.len());
-    move_sent(db, dialect, &sent, &mut moved).await?;
-    move_other(db, dialect, &other, &mut moved).await?;
-    for record in firsts {
-        if !moved.contains(record.event_id.as_str()) {
-            insert_recorded(db, record).await?;
-        }
-    }
+    settle(db, dialect, &firsts).await?;
+    // In batch order, each alone: it sees what the earlier ones did.
     for record in later {
-        record_one(db, dialect, record).await?;
+        settle(db, dialect, &[record]).await?;
     }
     for change in records.iter().filter_map(|r| r.opt_out.as_ref()) {
         change_suppression(db, change).await?;
@@ -471,13 +442,49 @@ async fn record_in(
     Ok(())
 }
 
-/// Closes the open attempt each record names (one per event).
-async fn close_attempts(
+/// Applies records of distinct events: writes the attempt each closes,
+/// moves their messages, and creates the message of an event never
+/// claimed.
+async fn settle(
     db: &mut impl Exec,
     dialect: &Dialect,
     records: &[&Record],
 ) -> Result<(), StoreError> {
-    db.bulk(
+    let closed: HashSet<String> = close_attempts(db, dialect, records)
+        .await?
+        .into_iter()
+        .collect();
+    let (sent, other): (Vec<&Record>, Vec<&Record>) = records
+        .iter()
+        .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
+    let mut moved = HashSet::with_capacity(records.len());
+    move_sent(db, dialect, &sent, &mut moved).await?;
+    move_other(db, dialect, &other, &mut moved).await?;
+    for record in records {
+        if moved.contains(record.event_id.as_str()) {
+            continue;
+        }
+        // The update that moves a message clears the attempt it closed;
+        // one that did not apply (a message already `sent`, say) leaves
+        // that to this.
+        if closed.contains(record.event_id.as_str()) {
+            let args = args![&record.event_id, record.channel, record.attempt];
+            db.run(sql::CLEAR_OPEN_ATTEMPT, args).await?;
+        }
+        insert_recorded(db, record).await?;
+    }
+    Ok(())
+}
+
+/// Writes the open attempt each record names (one per event) to
+/// `attempts`, finished with the record's outcome; returns the events
+/// whose attempt it wrote.
+async fn close_attempts(
+    db: &mut impl Exec,
+    dialect: &Dialect,
+    records: &[&Record],
+) -> Result<Vec<String>, StoreError> {
+    db.bulk_changed(
         dialect.bulk.close_attempts,
         &rows_of(records, |r| {
             let w = Written::of(r);
@@ -493,8 +500,7 @@ async fn close_attempts(
             ]
         }),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Moves messages to `sent`; adds the ids moved to `moved`.
@@ -517,6 +523,7 @@ async fn move_sent(
                     cost,
                     w.segments,
                     r.now_ms,
+                    r.attempt,
                 ]
             }),
         )
@@ -548,31 +555,12 @@ async fn move_other(
                     error,
                     w.finished_at,
                     r.now_ms,
+                    r.attempt,
                 ]
             }),
         )
         .await?;
     moved.extend(ids);
-    Ok(())
-}
-
-/// One record the bulk statements did not settle: the same three steps,
-/// for one event.
-async fn record_one(
-    db: &mut impl Exec,
-    dialect: &Dialect,
-    record: &Record,
-) -> Result<(), StoreError> {
-    close_attempts(db, dialect, &[record]).await?;
-    let mut moved = HashSet::new();
-    if matches!(record.outcome, Outcome::Sent { .. }) {
-        move_sent(db, dialect, &[record], &mut moved).await?;
-    } else {
-        move_other(db, dialect, &[record], &mut moved).await?;
-    }
-    if moved.is_empty() {
-        insert_recorded(db, record).await?;
-    }
     Ok(())
 }
 

@@ -351,9 +351,8 @@ impl Store {
     /// and claimed the event itself.
     pub async fn renew_lease(&self, event_id: &str) -> Result<bool, StoreError> {
         let now_ms = now_ms();
-        transaction!(self, |db, dialect| commit::renew(
+        transaction!(self, |db, _dialect| commit::renew(
             db,
-            dialect,
             &self.claimer,
             event_id,
             now_ms

@@ -31,41 +31,53 @@ pub(crate) struct Dialect {
 macro_rules! claim_insert_message {
     () => {
         "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, fallback_from, \
-created_at, updated_at) VALUES ($1, $2, $3, $4, 'sending', 1, $5, $6, $6) \
-ON CONFLICT (event_id) DO NOTHING"
+created_at, updated_at, open_attempt, open_channel, open_started_at, owner, lease_until) \
+VALUES ($1, $2, $3, $4, 'sending', 1, $5, $6, $6, $7, $4, $6, $8, $9) ON CONFLICT (event_id) DO NOTHING"
     };
 }
 
-/// A first claim: creates the message. No row affected means it exists.
-/// `$1` event id, `$2` class, `$3` user id, `$4` channel, `$5` fallback
-/// from, `$6` now.
+/// A first claim: creates the message with its attempt 1 open. No row
+/// affected means it exists. `$1` event id, `$2` class, `$3` user id, `$4`
+/// channel, `$5` fallback from, `$6` now, `$7` the delivery's attempt
+/// number, `$8` this process, `$9` the lease's end.
 pub(crate) const CLAIM_INSERT_MESSAGE: &str = claim_insert_message!();
 
-/// Closes every attempt of an event still open as `outcome_unknown`.
-/// `$1` event id, `$2` now, `$3` error.
-pub(crate) const CLOSE_OPEN_ATTEMPTS: &str = "\
-UPDATE attempts SET finished_at = $2, outcome = 'outcome_unknown', error = $3 \
-WHERE event_id = $1 AND finished_at IS NULL";
+/// Writes an event's open attempt, if it has one, to `attempts`, finished
+/// as `outcome_unknown`. (The claim that runs it opens the next attempt in
+/// its place, `RECLAIM_MESSAGE`.) `$1` event id, `$2` now, `$3` error.
+pub(crate) const CLOSE_OPEN_ATTEMPT: &str = "\
+INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, finished_at, \
+outcome, error) SELECT event_id, attempts, open_attempt, open_channel, open_started_at, owner, \
+lease_until, $2, 'outcome_unknown', $3 FROM messages WHERE event_id = $1 AND open_attempt IS NOT NULL";
 
 /// Whether another process holds an unfinished attempt of the event whose
 /// lease has not run out: `$1` event id, `$2` this process, `$3` now.
 pub(crate) const IN_FLIGHT_ELSEWHERE: &str = "\
-SELECT 1 FROM attempts WHERE event_id = $1 AND finished_at IS NULL AND owner <> $2 \
-AND lease_until > $3 LIMIT 1";
+SELECT 1 FROM messages WHERE event_id = $1 AND open_attempt IS NOT NULL AND owner <> $2 \
+AND lease_until > $3";
 
 /// Renews the lease of this process's open attempt of an event: `$1` event
 /// id, `$2` this process, `$3` the lease's new end. Changes no row once
 /// another process's claim closed that attempt.
 pub(crate) const RENEW_LEASE: &str = "\
-UPDATE attempts SET lease_until = $3 WHERE event_id = $1 AND owner = $2 AND finished_at IS NULL";
+UPDATE messages SET lease_until = $3 WHERE event_id = $1 AND owner = $2 AND open_attempt IS NOT NULL";
 
-/// A later claim of a claimable message; returns the new attempt's `seq`.
-/// `$1` event id, `$2` channel, `$3` fallback from, `$4` now, `$5` class,
-/// `$6` user id.
+/// A later claim of a claimable message, opening its next attempt (any
+/// attempt still open was written to `attempts` first,
+/// `CLOSE_OPEN_ATTEMPT`). `$1` event id, `$2` channel, `$3` fallback from,
+/// `$4` now, `$5` class, `$6` user id, `$7` the delivery's attempt number,
+/// `$8` this process, `$9` the lease's end.
 pub(crate) const RECLAIM_MESSAGE: &str = "\
 UPDATE messages SET status = 'sending', channel = $2, fallback_from = $3, attempts = attempts + 1, \
-class = $5, user_id = $6, finished_at = NULL, updated_at = $4 \
-WHERE event_id = $1 RETURNING attempts";
+class = $5, user_id = $6, finished_at = NULL, updated_at = $4, open_attempt = $7, open_channel = $2, \
+open_started_at = $4, owner = $8, lease_until = $9 WHERE event_id = $1";
+
+/// Clears a message's open attempt once a record wrote it to `attempts`,
+/// for a record whose update of the message did not apply (and so did not
+/// clear it; `Bulk::record_sent`, `Bulk::record_other`). `$1` event id,
+/// `$2` channel, `$3` attempt.
+pub(crate) const CLEAR_OPEN_ATTEMPT: &str = "\
+UPDATE messages SET open_attempt = NULL WHERE event_id = $1 AND open_attempt = $3 AND open_channel = $2";
 
 /// A record for an event never claimed (a decode dead letter). `$1` event
 /// id, `$2` class, `$3` user id, `$4` channel, `$5` status, `$6` provider id,
@@ -97,9 +109,14 @@ last_error, fallback_from, created_at, updated_at, finished_at, delivery, delive
 FROM messages WHERE status IN ('dead_lettered', 'outcome_unknown') AND finished_at IS NOT NULL \
 ORDER BY finished_at DESC LIMIT $1";
 
+/// An event's attempt log, `$1` event id: its finished attempts, then the
+/// open one, from the message.
 pub(crate) const SELECT_ATTEMPTS: &str = "\
-SELECT attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd \
-FROM attempts WHERE event_id = $1 ORDER BY seq";
+SELECT attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd FROM (\
+SELECT seq, attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd \
+FROM attempts WHERE event_id = $1 UNION ALL \
+SELECT attempts, open_attempt, open_channel, open_started_at, NULL, NULL, NULL, NULL, NULL \
+FROM messages WHERE event_id = $1 AND open_attempt IS NOT NULL) AS log ORDER BY seq";
 
 /// `$1` user id, `$2` from (inclusive), `$3` to (exclusive). The unary
 /// `+` keeps SQLite, which has no statistics, on the per-user index rather
@@ -308,27 +325,26 @@ pub(crate) const SELECT_STATUS: &str = "SELECT status FROM messages WHERE event_
 /// order.
 #[derive(Debug)]
 pub(crate) struct Bulk {
-    /// First claims of events: event id, class, user id, channel, fallback
-    /// from, now. Changes the new events only. (PostgreSQL returns their
-    /// ids.)
+    /// First claims of events, each message created with its attempt 1
+    /// open: event id, class, user id, channel, fallback from, now,
+    /// attempt, owner, lease until. Changes the new events only.
+    /// (PostgreSQL returns their ids.)
     pub claim_insert: &'static str,
-    /// Opens attempts: event id, seq, attempt, channel, now, owner, lease
-    /// until.
-    pub insert_attempts: &'static str,
-    /// Closes the open attempt each record names (one record per event):
-    /// event id, channel, attempt, now, outcome, error, provider id, cost.
-    /// An event has at most one open attempt (a later claim closes it
-    /// before it opens the next, under the message's lock: `claim_one`),
-    /// so the open one is found among the event's own attempts by the
-    /// primary key's prefix, without reading the message.
+    /// Writes the open attempt each record names (one record per event:
+    /// its channel and attempt number) to `attempts`, finished: event id,
+    /// channel, attempt, now, outcome, error, provider id, cost. Changes
+    /// only the events whose open attempt that is. (PostgreSQL returns
+    /// their ids.) The message keeps it open until the record's update
+    /// below, or `CLEAR_OPEN_ATTEMPT`, clears it.
     pub close_attempts: &'static str,
     /// `sent` wins over every status but itself: event id, channel,
-    /// provider id, cost, segments, now. (PostgreSQL returns the ids it
-    /// moved.)
+    /// provider id, cost, segments, now, attempt. Clears the open attempt
+    /// if it is the record's. (PostgreSQL returns the ids it moved.)
     pub record_sent: &'static str,
     /// Every other outcome moves only an unfinished message, and only from
     /// the channel it is on: event id, channel, status, reason, error,
-    /// finished at, now. (PostgreSQL returns the ids it moved.)
+    /// finished at, now, attempt. Clears the open attempt if it is the
+    /// record's. (PostgreSQL returns the ids it moved.)
     pub record_other: &'static str,
     /// Makes accepted sends findable by their receipts: provider id, event
     /// id, now. A provider id already there keeps its event.
@@ -347,49 +363,58 @@ macro_rules! pg_rows {
     };
 }
 
+/// The assignment that clears a message's open attempt when it is the one
+/// the record `v` names (its channel and attempt number), and keeps it
+/// otherwise (a late record after a newer claim).
+macro_rules! pg_clear_open {
+    () => {
+        "open_attempt = CASE WHEN messages.open_attempt = v.attempt \
+AND messages.open_channel = v.channel THEN NULL ELSE messages.open_attempt END"
+    };
+}
+
 /// PostgreSQL's set statements, one per step over the whole batch.
 const PG_BULK: Bulk = Bulk {
     claim_insert: concat!(
         "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
-fallback_from, created_at, updated_at) \
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'sending', 1, value ->> 4, \
-CAST(value ->> 5 AS BIGINT), CAST(value ->> 5 AS BIGINT) FROM ",
+fallback_from, created_at, updated_at, open_attempt, open_channel, open_started_at, owner, \
+lease_until) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'sending', 1, value ->> 4, \
+CAST(value ->> 5 AS BIGINT), CAST(value ->> 5 AS BIGINT), CAST(value ->> 6 AS BIGINT), value ->> 3, \
+CAST(value ->> 5 AS BIGINT), value ->> 7, CAST(value ->> 8 AS BIGINT) FROM ",
         pg_rows!(),
         " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
     ),
-    insert_attempts: concat!(
-        "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until) \
-SELECT value ->> 0, CAST(value ->> 1 AS BIGINT), CAST(value ->> 2 AS BIGINT), value ->> 3, \
-CAST(value ->> 4 AS BIGINT), value ->> 5, CAST(value ->> 6 AS BIGINT) FROM ",
-        pg_rows!()
-    ),
     close_attempts: concat!(
-        "UPDATE attempts SET finished_at = v.finished_at, outcome = v.outcome, error = v.error, \
-provider_id = v.provider_id, cost_usd = v.cost_usd \
+        "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, \
+finished_at, outcome, error, provider_id, cost_usd) SELECT m.event_id, m.attempts, m.open_attempt, \
+m.open_channel, m.open_started_at, m.owner, m.lease_until, v.finished_at, v.outcome, v.error, \
+v.provider_id, v.cost_usd \
 FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, CAST(value ->> 2 AS BIGINT) AS attempt, \
 CAST(value ->> 3 AS BIGINT) AS finished_at, value ->> 4 AS outcome, value ->> 5 AS error, \
 value ->> 6 AS provider_id, CAST(value ->> 7 AS DOUBLE PRECISION) AS cost_usd FROM ",
         pg_rows!(),
-        ") AS v WHERE attempts.event_id = v.event_id AND attempts.finished_at IS NULL \
-AND attempts.channel = v.channel AND attempts.attempt = v.attempt"
+        ") AS v JOIN messages m ON m.event_id = v.event_id AND m.open_attempt = v.attempt \
+AND m.open_channel = v.channel RETURNING event_id"
     ),
     record_sent: concat!(
         "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
 cost_usd = v.cost_usd, segments = v.segments, finished_at = v.at, updated_at = v.at, \
-delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL \
-FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS provider_id, \
+delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL, ",
+        pg_clear_open!(),
+        " FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS provider_id, \
 CAST(value ->> 3 AS DOUBLE PRECISION) AS cost_usd, CAST(value ->> 4 AS BIGINT) AS segments, \
-CAST(value ->> 5 AS BIGINT) AS at FROM ",
+CAST(value ->> 5 AS BIGINT) AS at, CAST(value ->> 6 AS BIGINT) AS attempt FROM ",
         pg_rows!(),
         ") AS v WHERE messages.event_id = v.event_id AND messages.status <> 'sent' \
 RETURNING messages.event_id"
     ),
     record_other: concat!(
         "UPDATE messages SET status = v.status, reason = COALESCE(v.reason, messages.reason), \
-last_error = COALESCE(v.error, messages.last_error), finished_at = v.finished_at, updated_at = v.at \
-FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS status, \
+last_error = COALESCE(v.error, messages.last_error), finished_at = v.finished_at, updated_at = v.at, ",
+        pg_clear_open!(),
+        " FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS status, \
 value ->> 3 AS reason, value ->> 4 AS error, CAST(value ->> 5 AS BIGINT) AS finished_at, \
-CAST(value ->> 6 AS BIGINT) AS at FROM ",
+CAST(value ->> 6 AS BIGINT) AS at, CAST(value ->> 7 AS BIGINT) AS attempt FROM ",
         pg_rows!(),
         ") AS v WHERE messages.event_id = v.event_id AND messages.channel = v.channel \
 AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') \
@@ -435,16 +460,17 @@ WHERE address IN (SELECT value FROM json_each($1))",
     purge_failed: sqlite_purge!(purge_failed_where!()),
     bulk: Bulk {
         claim_insert: claim_insert_message!(),
-        insert_attempts: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
-lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        close_attempts: "UPDATE attempts SET finished_at = $4, outcome = $5, error = $6, \
-provider_id = $7, cost_usd = $8 WHERE event_id = $1 AND finished_at IS NULL \
-AND channel = $2 AND attempt = $3",
+        close_attempts: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
+lease_until, finished_at, outcome, error, provider_id, cost_usd) SELECT event_id, attempts, \
+open_attempt, open_channel, open_started_at, owner, lease_until, $4, $5, $6, $7, $8 FROM messages \
+WHERE event_id = $1 AND open_attempt = $3 AND open_channel = $2",
         record_sent: "UPDATE messages SET status = 'sent', channel = $2, provider_id = $3, \
 cost_usd = $4, segments = $5, finished_at = $6, updated_at = $6, delivery = NULL, delivery_rank = 0, \
-delivery_error = NULL, delivery_at = NULL WHERE event_id = $1 AND status <> 'sent'",
+delivery_error = NULL, delivery_at = NULL, open_attempt = CASE WHEN open_attempt = $7 \
+AND open_channel = $2 THEN NULL ELSE open_attempt END WHERE event_id = $1 AND status <> 'sent'",
         record_other: "UPDATE messages SET status = $3, reason = COALESCE($4, reason), \
-last_error = COALESCE($5, last_error), finished_at = $6, updated_at = $7 \
+last_error = COALESCE($5, last_error), finished_at = $6, updated_at = $7, \
+open_attempt = CASE WHEN open_attempt = $8 AND open_channel = $2 THEN NULL ELSE open_attempt END \
 WHERE event_id = $1 AND channel = $2 \
 AND status <> 'sent' AND status <> 'dead_lettered' AND status <> 'suppressed'",
         receipt_keys: "INSERT INTO receipt_keys (provider_id, event_id, created_at) \
@@ -486,10 +512,9 @@ mod tests {
     }
 
     /// Every statement of a `Bulk`, in one order.
-    fn steps(b: &Bulk) -> [&'static str; 7] {
+    fn steps(b: &Bulk) -> [&'static str; 6] {
         [
             b.claim_insert,
-            b.insert_attempts,
             b.close_attempts,
             b.record_sent,
             b.record_other,
