@@ -1648,14 +1648,21 @@ async fn a_batch_of_sends_is_found_by_its_receipts_and_keeps_its_bodies(db: &Db)
     );
 }
 
+/// Two herald instances on one store (the test's, and the same database
+/// opened again), each with a call lease of 10 s.
+async fn two_instances(db: &Db) -> (Store, Store) {
+    let lease = std::time::Duration::from_secs(10);
+    let a = db.store.clone().with_call_lease(lease);
+    let b = db.reopen().await.with_call_lease(lease);
+    (a, b)
+}
+
 /// Two herald instances on one store, each handed a copy of one event at
 /// once (a publisher that published twice): the second leaves the first's
 /// call alone while its lease lasts, and finds it sent once recorded. An
 /// instance's own unfinished attempt is not in flight elsewhere.
 async fn a_call_in_flight_on_another_instance_is_not_sent_again(db: &Db) {
-    let lease = std::time::Duration::from_secs(10);
-    let a = db.store.clone().with_call_lease(lease);
-    let b = db.reopen().await.with_call_lease(lease);
+    let (a, b) = two_instances(db).await;
     assert_eq!(
         a.claim(&[claim("twin", "sms", 1, T0)]).await.unwrap(),
         [SEND]
@@ -1711,9 +1718,7 @@ async fn a_call_in_flight_on_another_instance_is_not_sent_again(db: &Db) {
 /// attempt is finished in the log, and nothing of it stays open on the
 /// message for a lease or a later claim to find.
 async fn a_record_closes_its_attempt_on_a_message_already_sent(db: &Db) {
-    let lease = std::time::Duration::from_secs(10);
-    let a = db.store.clone().with_call_lease(lease);
-    let b = db.reopen().await.with_call_lease(lease);
+    let (a, b) = two_instances(db).await;
     let now = herald::store::now_ms();
     let long_ago = now - 20_000;
     assert_eq!(
@@ -1769,9 +1774,7 @@ async fn a_record_closes_its_attempt_on_a_message_already_sent(db: &Db) {
 /// once another instance took it over, the renewal fails and the first must
 /// not send. The renewal's lease counts from the store's now.
 async fn a_waiting_claim_renews_its_lease_unless_another_instance_took_the_event(db: &Db) {
-    let lease = std::time::Duration::from_secs(10);
-    let a = db.store.clone().with_call_lease(lease);
-    let b = db.reopen().await.with_call_lease(lease);
+    let (a, b) = two_instances(db).await;
     let now = herald::store::now_ms();
     let long_ago = now - 20_000;
     assert_eq!(
