@@ -450,10 +450,7 @@ async fn settle(
     dialect: &Dialect,
     records: &[&Record],
 ) -> Result<(), StoreError> {
-    let closed: HashSet<String> = close_attempts(db, dialect, records)
-        .await?
-        .into_iter()
-        .collect();
+    close_attempts(db, dialect, records).await?;
     let (sent, other): (Vec<&Record>, Vec<&Record>) = records
         .iter()
         .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
@@ -466,25 +463,22 @@ async fn settle(
         }
         // The update that moves a message clears the attempt it closed;
         // one that did not apply (a message already `sent`, say) leaves
-        // that to this.
-        if closed.contains(record.event_id.as_str()) {
-            let args = args![&record.event_id, record.channel, record.attempt];
-            db.run(sql::CLEAR_OPEN_ATTEMPT, args).await?;
-        }
+        // that to this, which matches on the close's own condition.
+        let args = args![&record.event_id, record.channel, record.attempt];
+        db.run(sql::CLEAR_OPEN_ATTEMPT, args).await?;
         insert_recorded(db, record).await?;
     }
     Ok(())
 }
 
 /// Writes the open attempt each record names (one per event) to
-/// `attempts`, finished with the record's outcome; returns the events
-/// whose attempt it wrote.
+/// `attempts`, finished with the record's outcome.
 async fn close_attempts(
     db: &mut impl Exec,
     dialect: &Dialect,
     records: &[&Record],
-) -> Result<Vec<String>, StoreError> {
-    db.bulk_changed(
+) -> Result<(), StoreError> {
+    db.bulk(
         dialect.bulk.close_attempts,
         &rows_of(records, |r| {
             let w = Written::of(r);

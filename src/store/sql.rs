@@ -72,10 +72,11 @@ UPDATE messages SET status = 'sending', channel = $2, fallback_from = $3, attemp
 class = $5, user_id = $6, finished_at = NULL, updated_at = $4, open_attempt = $7, open_channel = $2, \
 open_started_at = $4, owner = $8, lease_until = $9 WHERE event_id = $1";
 
-/// Clears a message's open attempt once a record wrote it to `attempts`,
-/// for a record whose update of the message did not apply (and so did not
-/// clear it; `Bulk::record_sent`, `Bulk::record_other`). `$1` event id,
-/// `$2` channel, `$3` attempt.
+/// Clears a message's open attempt if it is the one a record names, for a
+/// record whose update of the message did not apply (and so did not clear
+/// it; `Bulk::record_sent`, `Bulk::record_other`). The condition is
+/// `Bulk::close_attempts`'s: it matches where that wrote the attempt to
+/// `attempts`. `$1` event id, `$2` channel, `$3` attempt.
 pub(crate) const CLEAR_OPEN_ATTEMPT: &str = "\
 UPDATE messages SET open_attempt = NULL WHERE event_id = $1 AND open_attempt = $3 AND open_channel = $2";
 
@@ -333,9 +334,9 @@ pub(crate) struct Bulk {
     /// Writes the open attempt each record names (one record per event:
     /// its channel and attempt number) to `attempts`, finished: event id,
     /// channel, attempt, now, outcome, error, provider id, cost. Changes
-    /// only the events whose open attempt that is. (PostgreSQL returns
-    /// their ids.) The message keeps it open until the record's update
-    /// below, or `CLEAR_OPEN_ATTEMPT`, clears it.
+    /// only the events whose open attempt that is. The message keeps it
+    /// open until the record's update below, or `CLEAR_OPEN_ATTEMPT`,
+    /// clears it.
     pub close_attempts: &'static str,
     /// `sent` wins over every status but itself: event id, channel,
     /// provider id, cost, segments, now, attempt. Clears the open attempt
@@ -364,12 +365,24 @@ macro_rules! pg_rows {
 }
 
 /// The assignment that clears a message's open attempt when it is the one
-/// the record `v` names (its channel and attempt number), and keeps it
-/// otherwise (a late record after a newer claim).
-macro_rules! pg_clear_open {
-    () => {
-        "open_attempt = CASE WHEN messages.open_attempt = v.attempt \
-AND messages.open_channel = v.channel THEN NULL ELSE messages.open_attempt END"
+/// a record names (`$attempt`, `$channel`: its attempt number and channel),
+/// and keeps it otherwise (a late record after a newer claim). `$m` is how
+/// the statement names the message's columns.
+macro_rules! clear_open {
+    ($m:literal, $attempt:literal, $channel:literal) => {
+        concat!(
+            "open_attempt = CASE WHEN ",
+            $m,
+            "open_attempt = ",
+            $attempt,
+            " AND ",
+            $m,
+            "open_channel = ",
+            $channel,
+            " THEN NULL ELSE ",
+            $m,
+            "open_attempt END"
+        )
     };
 }
 
@@ -394,13 +407,13 @@ CAST(value ->> 3 AS BIGINT) AS finished_at, value ->> 4 AS outcome, value ->> 5 
 value ->> 6 AS provider_id, CAST(value ->> 7 AS DOUBLE PRECISION) AS cost_usd FROM ",
         pg_rows!(),
         ") AS v JOIN messages m ON m.event_id = v.event_id AND m.open_attempt = v.attempt \
-AND m.open_channel = v.channel RETURNING event_id"
+AND m.open_channel = v.channel"
     ),
     record_sent: concat!(
         "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
 cost_usd = v.cost_usd, segments = v.segments, finished_at = v.at, updated_at = v.at, \
 delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL, ",
-        pg_clear_open!(),
+        clear_open!("messages.", "v.attempt", "v.channel"),
         " FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS provider_id, \
 CAST(value ->> 3 AS DOUBLE PRECISION) AS cost_usd, CAST(value ->> 4 AS BIGINT) AS segments, \
 CAST(value ->> 5 AS BIGINT) AS at, CAST(value ->> 6 AS BIGINT) AS attempt FROM ",
@@ -411,7 +424,7 @@ RETURNING messages.event_id"
     record_other: concat!(
         "UPDATE messages SET status = v.status, reason = COALESCE(v.reason, messages.reason), \
 last_error = COALESCE(v.error, messages.last_error), finished_at = v.finished_at, updated_at = v.at, ",
-        pg_clear_open!(),
+        clear_open!("messages.", "v.attempt", "v.channel"),
         " FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS status, \
 value ->> 3 AS reason, value ->> 4 AS error, CAST(value ->> 5 AS BIGINT) AS finished_at, \
 CAST(value ->> 6 AS BIGINT) AS at, CAST(value ->> 7 AS BIGINT) AS attempt FROM ",
@@ -460,19 +473,25 @@ WHERE address IN (SELECT value FROM json_each($1))",
     purge_failed: sqlite_purge!(purge_failed_where!()),
     bulk: Bulk {
         claim_insert: claim_insert_message!(),
-        close_attempts: "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
+        close_attempts:
+            "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
 lease_until, finished_at, outcome, error, provider_id, cost_usd) SELECT event_id, attempts, \
 open_attempt, open_channel, open_started_at, owner, lease_until, $4, $5, $6, $7, $8 FROM messages \
 WHERE event_id = $1 AND open_attempt = $3 AND open_channel = $2",
-        record_sent: "UPDATE messages SET status = 'sent', channel = $2, provider_id = $3, \
-cost_usd = $4, segments = $5, finished_at = $6, updated_at = $6, delivery = NULL, delivery_rank = 0, \
-delivery_error = NULL, delivery_at = NULL, open_attempt = CASE WHEN open_attempt = $7 \
-AND open_channel = $2 THEN NULL ELSE open_attempt END WHERE event_id = $1 AND status <> 'sent'",
-        record_other: "UPDATE messages SET status = $3, reason = COALESCE($4, reason), \
-last_error = COALESCE($5, last_error), finished_at = $6, updated_at = $7, \
-open_attempt = CASE WHEN open_attempt = $8 AND open_channel = $2 THEN NULL ELSE open_attempt END \
-WHERE event_id = $1 AND channel = $2 \
-AND status <> 'sent' AND status <> 'dead_lettered' AND status <> 'suppressed'",
+        record_sent: concat!(
+            "UPDATE messages SET status = 'sent', channel = $2, provider_id = $3, cost_usd = $4, \
+segments = $5, finished_at = $6, updated_at = $6, delivery = NULL, delivery_rank = 0, \
+delivery_error = NULL, delivery_at = NULL, ",
+            clear_open!("", "$7", "$2"),
+            " WHERE event_id = $1 AND status <> 'sent'"
+        ),
+        record_other: concat!(
+            "UPDATE messages SET status = $3, reason = COALESCE($4, reason), \
+last_error = COALESCE($5, last_error), finished_at = $6, updated_at = $7, ",
+            clear_open!("", "$8", "$2"),
+            " WHERE event_id = $1 AND channel = $2 \
+AND status <> 'sent' AND status <> 'dead_lettered' AND status <> 'suppressed'"
+        ),
         receipt_keys: "INSERT INTO receipt_keys (provider_id, event_id, created_at) \
 VALUES ($1, $2, $3) ON CONFLICT (provider_id) DO NOTHING",
         keep_fallback: "INSERT INTO fallback_pending (event_id, class, user_id, priority, \
