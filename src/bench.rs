@@ -213,28 +213,63 @@ impl Round {
     fn runs(&self) -> impl Iterator<Item = &Run> {
         self.baseline.iter().chain(std::iter::once(&self.herald))
     }
+}
 
-    /// How good the round was, for ranking rounds: the ratio; without a
-    /// baseline herald's throughput; at a steady rate (`steady`), where
-    /// the throughput is the rate, the p99 latency (lower is better).
-    fn goodness(&self, steady: bool) -> f64 {
-        match (steady, self.ratio) {
-            (true, _) => -self.herald.latency_p99_ms.unwrap_or(f64::INFINITY),
-            (false, Some(ratio)) => ratio,
-            (false, None) => self.herald.per_second,
+/// What ranks a run's rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RankedBy {
+    /// herald's ratio to the baseline.
+    Ratio,
+    /// Without a baseline, herald's throughput.
+    Throughput,
+    /// At a steady rate, where the throughput is the rate, herald's p99
+    /// latency (lower is better).
+    P99,
+}
+
+impl RankedBy {
+    fn of(steady: bool, baseline: bool) -> RankedBy {
+        match (steady, baseline) {
+            (true, _) => RankedBy::P99,
+            (false, true) => RankedBy::Ratio,
+            (false, false) => RankedBy::Throughput,
+        }
+    }
+
+    /// How good `round` was: higher is better.
+    fn goodness(self, round: &Round) -> f64 {
+        match self {
+            RankedBy::Ratio => round.ratio.unwrap_or(f64::NEG_INFINITY),
+            RankedBy::Throughput => round.herald.per_second,
+            RankedBy::P99 => -round.herald.latency_p99_ms.unwrap_or(f64::INFINITY),
+        }
+    }
+
+    /// What ranks, as printed.
+    fn label(self) -> &'static str {
+        match self {
+            RankedBy::Ratio => "herald / baseline",
+            RankedBy::Throughput => "herald msg/s",
+            RankedBy::P99 => "herald's p99 ms",
+        }
+    }
+
+    /// The figure that ranked `round`, as printed.
+    fn figure(self, round: &Round) -> String {
+        match self {
+            RankedBy::Ratio => fmt_opt(round.ratio, 2),
+            RankedBy::Throughput => format!("{:.0}", round.herald.per_second),
+            RankedBy::P99 => fmt_opt(round.herald.latency_p99_ms, 1),
         }
     }
 }
 
-/// The index of the median round by [`Round::goodness`]; of an even
-/// number, the worse of the two middle ones (the figure reported is never
-/// the better of a pair).
-fn median_of(rounds: &[Round], steady: bool) -> usize {
+/// The index of the median round by `by`; of an even number, the worse of
+/// the two middle ones (the figure reported is never the better of a
+/// pair).
+fn median_of(rounds: &[Round], by: RankedBy) -> usize {
     let mut order: Vec<usize> = (0..rounds.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&rounds[a], &rounds[b]);
-        a.goodness(steady).total_cmp(&b.goodness(steady))
-    });
+    order.sort_by(|&a, &b| by.goodness(&rounds[a]).total_cmp(&by.goodness(&rounds[b])));
     order[(rounds.len() - 1) / 2]
 }
 
@@ -1086,7 +1121,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
             ratio,
         });
     }
-    let median_round = median_of(&rounds, args.rate.is_some());
+    let ranked_by = RankedBy::of(args.rate.is_some(), !args.no_baseline);
+    let median_round = median_of(&rounds, ranked_by);
     let results = Results {
         events: args.events,
         provider_latency_ms: args.latency_ms,
@@ -1144,18 +1180,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     }
     let median = results.median();
     if numbered {
-        // Each round by what ranked it (`Round::goodness`).
-        let (what, figure): (&str, fn(&Round) -> String) = match (args.rate, median.ratio) {
-            (Some(_), _) => ("herald's p99 ms", |r| fmt_opt(r.herald.latency_p99_ms, 1)),
-            (None, Some(_)) => ("herald / baseline", |r| fmt_opt(r.ratio, 2)),
-            (None, None) => ("herald msg/s", |r| format!("{:.0}", r.herald.per_second)),
-        };
-        let by_round: Vec<String> = results.rounds.iter().map(figure).collect();
+        // Each round by what ranked it.
+        let by_round: Vec<String> = results.rounds.iter().map(|r| ranked_by.figure(r)).collect();
         println!(
-            "{what} by round: {}; the median round is #{} ({}), whose figures the JSON's top level holds",
+            "{} by round: {}; the median round is #{} ({}), whose figures the JSON's top level holds",
+            ranked_by.label(),
             by_round.join(", "),
             results.median_round + 1,
-            figure(median)
+            ranked_by.figure(median)
         );
     } else if let Some(r) = median.ratio {
         println!("herald / baseline: {r:.2}");
@@ -1245,12 +1277,20 @@ mod tests {
             round(10.0, Some(20.0)),
             round(7.0, Some(10.0)),
         ];
-        assert_eq!(median_of(&by_ratio, false), 2);
+        assert_eq!(median_of(&by_ratio, RankedBy::Ratio), 2);
         // Four rounds without a baseline: 5, 8, 6, 7 a second; the middles
         // are 6 and 7.
         let even = [5.0, 8.0, 6.0, 7.0].map(|h| round(h, None));
-        assert_eq!(median_of(&even, false), 2);
-        assert_eq!(median_of(&[round(3.0, None)], false), 0);
+        assert_eq!(median_of(&even, RankedBy::Throughput), 2);
+        assert_eq!(median_of(&[round(3.0, None)], RankedBy::Throughput), 0);
+    }
+
+    #[test]
+    fn a_steady_rate_ranks_by_the_p99_and_a_baseline_by_the_ratio() {
+        assert_eq!(RankedBy::of(true, true), RankedBy::P99);
+        assert_eq!(RankedBy::of(true, false), RankedBy::P99);
+        assert_eq!(RankedBy::of(false, true), RankedBy::Ratio);
+        assert_eq!(RankedBy::of(false, false), RankedBy::Throughput);
     }
 
     #[test]
@@ -1262,8 +1302,8 @@ mod tests {
             r.herald.latency_p99_ms = Some(p99);
             r
         });
-        assert_eq!(median_of(&rounds, true), 0);
-        assert_eq!(median_of(&rounds[1..], true), 1);
+        assert_eq!(median_of(&rounds, RankedBy::P99), 0);
+        assert_eq!(median_of(&rounds[1..], RankedBy::P99), 1);
     }
 
     #[test]
