@@ -75,13 +75,12 @@ impl Db {
 
     /// Runs SQL behind the store's back: `sqlite` or `postgres` by backend.
     async fn raw(&self, sqlite: &str, postgres: &str) {
-        if self.url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::raw_sql(sqlite).execute(&mut conn).await.unwrap();
+        let sql = if self.url.starts_with("sqlite:") {
+            sqlite
         } else {
-            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::raw_sql(postgres).execute(&mut conn).await.unwrap();
-        }
+            postgres
+        };
+        raw_at(&self.url, sql).await;
     }
 
     /// Rows in `attempts` for an event, read behind the store's back.
@@ -125,6 +124,20 @@ impl Db {
 fn postgres_server() -> String {
     std::env::var("HERALD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Runs SQL on the store at `url` (SQLite or PostgreSQL, by its scheme),
+/// behind the store's back.
+async fn raw_at(url: &str, sql: &str) {
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
 }
 
 /// A database of its own for one test, dropped (connections and all) when
@@ -1229,15 +1242,7 @@ INSERT INTO attempts (event_id, seq, attempt, channel, started_at, finished_at, 
 owner, lease_until) VALUES ('m-open', 1, 1, 'sms', 10, NULL, NULL, 'gone', 15), \
 ('m-open', 2, 2, 'sms', 30, NULL, NULL, 'other', 9000000000000), \
 ('m-done', 1, 1, 'sms', 10, 20, 'sent', 'a', 15);";
-    if dialect == "sqlite" {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(rows).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(rows).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-    }
+    raw_at(url, rows).await;
     let store = Store::open(url).await.unwrap();
     let v = view(&store, "m-open").await;
     assert_eq!(

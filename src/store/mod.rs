@@ -618,7 +618,7 @@ async fn open_postgres(url: &str, shown: &str) -> Result<PgPool, StoreError> {
             url: shown.to_owned(),
             source,
         })?
-        // The hot path's multi-row statements join a VALUES list to the
+        // The hot path's set statements join the batch's JSON rows to the
         // tables; a generic plan cached while a table was small (a fresh
         // database) keeps scanning it whole as it grows. Custom plans see
         // the current size each time, for a fraction of a millisecond.
