@@ -220,6 +220,7 @@ on_both_backends!(
     release_makes_a_dead_letter_claimable,
     same_event_twice_in_one_batch,
     sent_never_moves_backwards,
+    a_second_record_of_an_attempt_moves_its_message_not_its_attempt,
     record_without_claim_creates_the_message,
     unknown_outcome_can_be_claimed_again,
     message_view_lists_attempts_oldest_first,
@@ -365,8 +366,8 @@ async fn fresh_claim_sends(db: &Db) {
     assert_eq!(log(&v), [(1, "sms", None)]);
     assert_eq!(v.attempt_log[0].started_at_ms, T0);
     assert_eq!(v.attempt_log[0].finished_at_ms, None);
-    // The open attempt lives on the message; `attempts` holds finished
-    // attempts only (ADR 0005).
+    // The latest attempt lives on the message; `attempts` holds only those
+    // a later claim took over from (ADR 0005, 0006).
     assert_eq!(db.attempt_rows("e1").await, 0);
 }
 
@@ -465,6 +466,9 @@ async fn retry_then_sent(db: &Db) {
     assert_eq!(v.status, Status::Retrying);
     assert_eq!(v.last_error.as_deref(), Some("twilio_5xx: 503"));
     assert_eq!(v.finished_at_ms, None);
+    assert_eq!(log(&v), [(1, "sms", Some("retry"))]);
+    // Finished on its message, until the next claim writes it to `attempts`.
+    assert_eq!(db.attempt_rows("e1").await, 0);
     assert_eq!(
         store
             .claim(&[claim("e1", "sms", 2, T0 + 60_000)])
@@ -489,8 +493,11 @@ async fn retry_then_sent(db: &Db) {
         [(1, "sms", Some("retry")), (2, "sms", Some("sent"))]
     );
     assert_eq!(v.attempt_log[0].error.as_deref(), Some("twilio_5xx: 503"));
+    assert_eq!(v.attempt_log[0].finished_at_ms, Some(T0 + 10));
     assert_eq!(v.attempt_log[1].provider_id.as_deref(), Some("SM9"));
     assert_eq!(v.attempt_log[1].cost_usd, Some(0.015));
+    assert_eq!(v.attempt_log[1].finished_at_ms, Some(T0 + 60_100));
+    assert_eq!(db.attempt_rows("e1").await, 1);
 }
 
 async fn sms_falls_back_to_email(db: &Db) {
@@ -813,6 +820,46 @@ async fn sent_never_moves_backwards(db: &Db) {
     assert_eq!(log(&v), [(1, "sms", Some("sent"))]);
 }
 
+/// An attempt finishes once: a second record naming it (in a later
+/// batch) still moves the message as the status machine allows, but the
+/// attempt keeps the outcome it finished with.
+async fn a_second_record_of_an_attempt_moves_its_message_not_its_attempt(db: &Db) {
+    let store = &db.store;
+    store
+        .claim(&[claim("e1", "sms", 1, T0), claim("e2", "sms", 1, T0)])
+        .await
+        .unwrap();
+    store
+        .record(&[
+            record("e1", "sms", 1, retry("503"), T0 + 1),
+            record("e2", "sms", 1, retry("503"), T0 + 1),
+        ])
+        .await
+        .unwrap();
+    store
+        .record(&[
+            record(
+                "e1",
+                "sms",
+                1,
+                dead_letter("permanent_failure", "x"),
+                T0 + 2,
+            ),
+            record("e2", "sms", 1, sent("SM2", 0.0075, 1), T0 + 2),
+        ])
+        .await
+        .unwrap();
+    for (id, status) in [("e1", Status::DeadLettered), ("e2", Status::Sent)] {
+        let v = view(store, id).await;
+        assert_eq!(v.status, status, "{id}");
+        assert_eq!(log(&v), [(1, "sms", Some("retry"))], "{id}");
+        let attempt = &v.attempt_log[0];
+        assert_eq!(attempt.finished_at_ms, Some(T0 + 1), "{id}");
+        assert_eq!(attempt.error.as_deref(), Some("503"), "{id}");
+        assert_eq!(attempt.provider_id, None, "{id}");
+    }
+}
+
 async fn record_without_claim_creates_the_message(db: &Db) {
     let store = &db.store;
     // Bad input with an id: dead-lettered on decode, never claimed.
@@ -1035,6 +1082,15 @@ async fn purge_deletes_by_age_and_status_with_attempts(db: &Db) {
         ("retrying-old".into(), old, Some(retry("503"))),
         ("sending-old".into(), old, None),
     ];
+    // sent-old-1 was retried once: its first attempt is in `attempts`.
+    store
+        .claim(&[claim("sent-old-1", "sms", 1, old - 3)])
+        .await
+        .unwrap();
+    store
+        .record(&[record("sent-old-1", "sms", 1, retry("503"), old - 2)])
+        .await
+        .unwrap();
     let claims: Vec<Claim> = cases
         .iter()
         .map(|(id, at, _)| claim(id, "sms", 1, at - 1))
@@ -1286,6 +1342,71 @@ async fn sqlite_open_attempts_move_onto_their_messages() {
 async fn postgres_open_attempts_move_onto_their_messages() {
     let database = PgDatabase::create().await;
     open_attempts_move_onto_their_messages(&database.url(), "postgres").await;
+}
+
+/// Migration 0010 keeps an event's latest attempt on its message once it
+/// finishes: a store made before it keeps its finished attempts in
+/// `attempts` and its open ones open on their messages, and a later claim
+/// or record carries on from either.
+async fn a_store_from_before_0010_keeps_its_attempts(url: &str, dialect: &str) {
+    migrate_before(url, dialect, "0010").await;
+    let rows = "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
+created_at, updated_at, open_attempt, open_channel, open_started_at, owner, lease_until) VALUES \
+('m-open', 'otp', 'u1', 'sms', 'sending', 2, 10, 30, 2, 'sms', 30, 'other', 9000000000000), \
+('m-retry', 'otp', 'u1', 'sms', 'retrying', 1, 10, 20, NULL, NULL, NULL, NULL, NULL); \
+INSERT INTO attempts (event_id, seq, attempt, channel, started_at, finished_at, outcome, error, \
+owner, lease_until) VALUES ('m-open', 1, 1, 'sms', 10, 20, 'retry', '503', 'a', 15), \
+('m-retry', 1, 1, 'sms', 10, 20, 'retry', '503', 'a', 15);";
+    raw_at(url, rows).await;
+    let store = Store::open(url).await.unwrap();
+    let v = view(&store, "m-open").await;
+    assert_eq!(log(&v), [(1, "sms", Some("retry")), (2, "sms", None)]);
+    assert_eq!(v.attempt_log[1].started_at_ms, 30);
+    // Another owner's lease on the open attempt still holds.
+    assert_eq!(
+        store.claim(&[claim("m-open", "sms", 2, T0)]).await.unwrap(),
+        [ClaimOutcome::InFlightElsewhere]
+    );
+    store
+        .record(&[record("m-open", "sms", 2, sent("SM2", 0.0075, 1), T0)])
+        .await
+        .unwrap();
+    let v = view(&store, "m-open").await;
+    assert_eq!(
+        log(&v),
+        [(1, "sms", Some("retry")), (2, "sms", Some("sent"))]
+    );
+    assert_eq!(v.attempt_log[1].provider_id.as_deref(), Some("SM2"));
+    // A message whose attempts are all in `attempts` takes its next one.
+    assert_eq!(
+        store
+            .claim(&[claim("m-retry", "sms", 2, T0)])
+            .await
+            .unwrap(),
+        [SEND]
+    );
+    store
+        .record(&[record("m-retry", "sms", 2, sent("SM3", 0.0075, 1), T0 + 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        log(&view(&store, "m-retry").await),
+        [(1, "sms", Some("retry")), (2, "sms", Some("sent"))]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_sqlite_store_from_before_0010_keeps_its_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
+    a_store_from_before_0010_keeps_its_attempts(&url, "sqlite").await;
+}
+
+#[tokio::test]
+async fn a_postgres_store_from_before_0010_keeps_its_attempts() {
+    let database = PgDatabase::create().await;
+    a_store_from_before_0010_keeps_its_attempts(&database.url(), "postgres").await;
 }
 
 /// Migration 0008 makes `messages` and `attempts` again (their CHECKs as
@@ -1764,7 +1885,8 @@ async fn a_record_closes_its_attempt_on_a_message_already_sent(db: &Db) {
         ]
     );
     assert!(!b.renew_lease("late").await.unwrap());
-    assert_eq!(db.attempt_rows("late").await, 2);
+    // Attempt 1 in `attempts`, attempt 2 finished on the message.
+    assert_eq!(db.attempt_rows("late").await, 1);
     assert_eq!(
         a.claim(&[claim("late", "sms", 3, now + 3)]).await.unwrap(),
         [ClaimOutcome::AlreadySent {

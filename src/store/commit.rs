@@ -374,6 +374,10 @@ async fn claim_one(
             }
             let args = args![&claim.event_id, claim.now_ms, UNFINISHED_ERROR];
             let unfinished = db.run(sql::CLOSE_OPEN_ATTEMPT, args).await?;
+            if unfinished == 0 {
+                db.run(sql::SHELVE_FINISHED_ATTEMPT, args![&claim.event_id])
+                    .await?;
+            }
             let args = args![
                 &claim.event_id,
                 claim.channel,
@@ -442,15 +446,14 @@ async fn record_in(
     Ok(())
 }
 
-/// Applies records of distinct events: writes the attempt each closes,
-/// moves their messages, and creates the message of an event never
-/// claimed.
+/// Applies records of distinct events: moves their messages, finishing
+/// the attempt each names on its message, and creates the message of an
+/// event never claimed.
 async fn settle(
     db: &mut impl Exec,
     dialect: &Dialect,
     records: &[&Record],
 ) -> Result<(), StoreError> {
-    close_attempts(db, dialect, records).await?;
     let (sent, other): (Vec<&Record>, Vec<&Record>) = records
         .iter()
         .partition(|r| matches!(r.outcome, Outcome::Sent { .. }));
@@ -461,40 +464,24 @@ async fn settle(
         if moved.contains(record.event_id.as_str()) {
             continue;
         }
-        // The update that moves a message clears the attempt it closed;
-        // one that did not apply (a message already `sent`, say) leaves
-        // that to this, which matches on the close's own condition.
-        let args = args![&record.event_id, record.channel, record.attempt];
-        db.run(sql::CLEAR_OPEN_ATTEMPT, args).await?;
+        // The update that moves a message finishes the attempt the record
+        // names; one that did not apply (a message already `sent`, say)
+        // leaves that to this, on the same condition.
+        let w = Written::of(record);
+        let args = args![
+            &record.event_id,
+            record.channel,
+            record.attempt,
+            record.now_ms,
+            record.outcome.attempt_outcome(),
+            record.outcome.error(),
+            w.provider_id,
+            w.cost_usd,
+        ];
+        db.run(sql::FINISH_ATTEMPT, args).await?;
         insert_recorded(db, record).await?;
     }
     Ok(())
-}
-
-/// Writes the open attempt each record names (one per event) to
-/// `attempts`, finished with the record's outcome.
-async fn close_attempts(
-    db: &mut impl Exec,
-    dialect: &Dialect,
-    records: &[&Record],
-) -> Result<(), StoreError> {
-    db.bulk(
-        dialect.bulk.close_attempts,
-        &rows_of(records, |r| {
-            let w = Written::of(r);
-            *args![
-                &r.event_id,
-                r.channel,
-                r.attempt,
-                r.now_ms,
-                r.outcome.attempt_outcome(),
-                r.outcome.error(),
-                w.provider_id,
-                w.cost_usd,
-            ]
-        }),
-    )
-    .await
 }
 
 /// Moves messages to `sent`; adds the ids moved to `moved`.
@@ -550,6 +537,7 @@ async fn move_other(
                     w.finished_at,
                     r.now_ms,
                     r.attempt,
+                    r.outcome.attempt_outcome(),
                 ]
             }),
         )

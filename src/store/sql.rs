@@ -31,7 +31,7 @@ pub(crate) struct Dialect {
 macro_rules! claim_insert_message {
     () => {
         "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, fallback_from, \
-created_at, updated_at, open_attempt, open_channel, open_started_at, owner, lease_until) \
+created_at, updated_at, latest_attempt, latest_channel, latest_started_at, owner, lease_until) \
 VALUES ($1, $2, $3, $4, 'sending', 1, $5, $6, $6, $7, $4, $6, $8, $9) ON CONFLICT (event_id) DO NOTHING"
     };
 }
@@ -42,43 +42,74 @@ VALUES ($1, $2, $3, $4, 'sending', 1, $5, $6, $6, $7, $4, $6, $8, $9) ON CONFLIC
 /// number, `$8` this process, `$9` the lease's end.
 pub(crate) const CLAIM_INSERT_MESSAGE: &str = claim_insert_message!();
 
+/// Whether a message's latest attempt is open, in the messages table's
+/// own columns.
+macro_rules! latest_open {
+    () => {
+        "latest_attempt IS NOT NULL AND latest_finished_at IS NULL"
+    };
+}
+
 /// Writes an event's open attempt, if it has one, to `attempts`, finished
 /// as `outcome_unknown`. (The claim that runs it opens the next attempt in
 /// its place, `RECLAIM_MESSAGE`.) `$1` event id, `$2` now, `$3` error.
-pub(crate) const CLOSE_OPEN_ATTEMPT: &str = "\
+pub(crate) const CLOSE_OPEN_ATTEMPT: &str = concat!(
+    "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, \
+finished_at, outcome, error) SELECT event_id, attempts, latest_attempt, latest_channel, \
+latest_started_at, owner, lease_until, $2, 'outcome_unknown', $3 FROM messages \
+WHERE event_id = $1 AND ",
+    latest_open!()
+);
+
+/// Writes an event's finished latest attempt, if it has one, to
+/// `attempts`, as it finished. (The claim that runs it opens the next
+/// attempt in its place, `RECLAIM_MESSAGE`.) `$1` event id.
+pub(crate) const SHELVE_FINISHED_ATTEMPT: &str = "\
 INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, finished_at, \
-outcome, error) SELECT event_id, attempts, open_attempt, open_channel, open_started_at, owner, \
-lease_until, $2, 'outcome_unknown', $3 FROM messages WHERE event_id = $1 AND open_attempt IS NOT NULL";
+outcome, error, provider_id, cost_usd) SELECT event_id, attempts, latest_attempt, latest_channel, \
+latest_started_at, owner, lease_until, latest_finished_at, latest_outcome, latest_error, \
+latest_provider_id, latest_cost_usd FROM messages \
+WHERE event_id = $1 AND latest_attempt IS NOT NULL AND latest_finished_at IS NOT NULL";
 
 /// Whether another process holds an unfinished attempt of the event whose
 /// lease has not run out: `$1` event id, `$2` this process, `$3` now.
-pub(crate) const IN_FLIGHT_ELSEWHERE: &str = "\
-SELECT 1 FROM messages WHERE event_id = $1 AND open_attempt IS NOT NULL AND owner <> $2 \
-AND lease_until > $3";
+pub(crate) const IN_FLIGHT_ELSEWHERE: &str = concat!(
+    "SELECT 1 FROM messages WHERE event_id = $1 AND owner <> $2 AND lease_until > $3 AND ",
+    latest_open!()
+);
 
 /// Renews the lease of this process's open attempt of an event: `$1` event
 /// id, `$2` this process, `$3` the lease's new end. Changes no row once
 /// another process's claim closed that attempt.
-pub(crate) const RENEW_LEASE: &str = "\
-UPDATE messages SET lease_until = $3 WHERE event_id = $1 AND owner = $2 AND open_attempt IS NOT NULL";
+pub(crate) const RENEW_LEASE: &str = concat!(
+    "UPDATE messages SET lease_until = $3 WHERE event_id = $1 AND owner = $2 AND ",
+    latest_open!()
+);
 
-/// A later claim of a claimable message, opening its next attempt (any
-/// attempt still open was written to `attempts` first,
-/// `CLOSE_OPEN_ATTEMPT`). `$1` event id, `$2` channel, `$3` fallback from,
-/// `$4` now, `$5` class, `$6` user id, `$7` the delivery's attempt number,
-/// `$8` this process, `$9` the lease's end.
+/// A later claim of a claimable message, opening its next attempt in
+/// place of its latest (which was written to `attempts` first,
+/// `CLOSE_OPEN_ATTEMPT` or `SHELVE_FINISHED_ATTEMPT`). `$1` event id, `$2`
+/// channel, `$3` fallback from, `$4` now, `$5` class, `$6` user id, `$7` the
+/// delivery's attempt number, `$8` this process, `$9` the lease's end.
 pub(crate) const RECLAIM_MESSAGE: &str = "\
 UPDATE messages SET status = 'sending', channel = $2, fallback_from = $3, attempts = attempts + 1, \
-class = $5, user_id = $6, finished_at = NULL, updated_at = $4, open_attempt = $7, open_channel = $2, \
-open_started_at = $4, owner = $8, lease_until = $9 WHERE event_id = $1";
+class = $5, user_id = $6, finished_at = NULL, updated_at = $4, latest_attempt = $7, \
+latest_channel = $2, latest_started_at = $4, owner = $8, lease_until = $9, latest_finished_at = NULL, \
+latest_outcome = NULL, latest_error = NULL, latest_provider_id = NULL, latest_cost_usd = NULL \
+WHERE event_id = $1";
 
-/// Clears a message's open attempt if it is the one a record names, for a
-/// record whose update of the message did not apply (and so did not clear
-/// it; `Bulk::record_sent`, `Bulk::record_other`). The condition is
-/// `Bulk::close_attempts`'s: it matches where that wrote the attempt to
-/// `attempts`. `$1` event id, `$2` channel, `$3` attempt.
-pub(crate) const CLEAR_OPEN_ATTEMPT: &str = "\
-UPDATE messages SET open_attempt = NULL WHERE event_id = $1 AND open_attempt = $3 AND open_channel = $2";
+/// Finishes a message's open attempt if it is the one a record names, for a
+/// record whose update of the message did not apply (and so did not finish
+/// it; `Bulk::record_sent`, `Bulk::record_other`), with the same condition
+/// as theirs: the record's channel and attempt number, still open. `$1`
+/// event id, `$2` channel, `$3` attempt, `$4` now, `$5` outcome, `$6`
+/// error, `$7` provider id, `$8` cost.
+pub(crate) const FINISH_ATTEMPT: &str = concat!(
+    "UPDATE messages SET latest_finished_at = $4, latest_outcome = $5, latest_error = $6, \
+latest_provider_id = $7, latest_cost_usd = $8 WHERE event_id = $1 AND latest_attempt = $3 \
+AND latest_channel = $2 AND ",
+    latest_open!()
+);
 
 /// A record for an event never claimed (a decode dead letter). `$1` event
 /// id, `$2` class, `$3` user id, `$4` channel, `$5` status, `$6` provider id,
@@ -110,14 +141,15 @@ last_error, fallback_from, created_at, updated_at, finished_at, delivery, delive
 FROM messages WHERE status IN ('dead_lettered', 'outcome_unknown') AND finished_at IS NOT NULL \
 ORDER BY finished_at DESC LIMIT $1";
 
-/// An event's attempt log, `$1` event id: its finished attempts, then the
-/// open one, from the message.
+/// An event's attempt log, `$1` event id: the attempts later ones took
+/// over from, then the latest, from the message.
 pub(crate) const SELECT_ATTEMPTS: &str = "\
 SELECT attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd FROM (\
 SELECT seq, attempt, channel, started_at, finished_at, outcome, error, provider_id, cost_usd \
 FROM attempts WHERE event_id = $1 UNION ALL \
-SELECT attempts, open_attempt, open_channel, open_started_at, NULL, NULL, NULL, NULL, NULL \
-FROM messages WHERE event_id = $1 AND open_attempt IS NOT NULL) AS log ORDER BY seq";
+SELECT attempts, latest_attempt, latest_channel, latest_started_at, latest_finished_at, \
+latest_outcome, latest_error, latest_provider_id, latest_cost_usd \
+FROM messages WHERE event_id = $1 AND latest_attempt IS NOT NULL) AS log ORDER BY seq";
 
 /// `$1` user id, `$2` from (inclusive), `$3` to (exclusive). The unary
 /// `+` keeps SQLite, which has no statistics, on the per-user index rather
@@ -227,12 +259,13 @@ created_at = excluded.created_at, user_id = excluded.user_id, leased_until = NUL
 
 /// GDPR erasure, in this order: the provider ids of a user's attempts
 /// (they lead to the provider's copy of the address), then the user's
-/// messages lose their user id and provider id (anonymous counts stay),
+/// messages lose their user id and provider ids, their latest attempt's
+/// too (anonymous counts stay),
 /// then the user's held events go. `$1` user id.
 pub(crate) const ERASE_ATTEMPTS: &str = "\
 UPDATE attempts SET provider_id = NULL WHERE event_id IN (SELECT event_id FROM messages WHERE user_id = $1)";
-pub(crate) const ERASE_MESSAGES: &str =
-    "UPDATE messages SET user_id = '', provider_id = NULL WHERE user_id = $1";
+pub(crate) const ERASE_MESSAGES: &str = "UPDATE messages SET user_id = '', provider_id = NULL, \
+latest_provider_id = NULL WHERE user_id = $1";
 pub(crate) const ERASE_SCHEDULED: &str = "DELETE FROM scheduled WHERE user_id = $1";
 
 /// The columns of a held event, as `scheduled_from_row` reads them.
@@ -331,21 +364,17 @@ pub(crate) struct Bulk {
     /// attempt, owner, lease until. Changes the new events only.
     /// (PostgreSQL returns their ids.)
     pub claim_insert: &'static str,
-    /// Writes the open attempt each record names (one record per event:
-    /// its channel and attempt number) to `attempts`, finished: event id,
-    /// channel, attempt, now, outcome, error, provider id, cost. Changes
-    /// only the events whose open attempt that is. The message keeps it
-    /// open until the record's update below, or `CLEAR_OPEN_ATTEMPT`,
-    /// clears it.
-    pub close_attempts: &'static str,
     /// `sent` wins over every status but itself: event id, channel,
-    /// provider id, cost, segments, now, attempt. Clears the open attempt
-    /// if it is the record's. (PostgreSQL returns the ids it moved.)
+    /// provider id, cost, segments, now, attempt. Finishes the open attempt
+    /// if it is the record's (one record per event: its channel and attempt
+    /// number). (PostgreSQL returns the ids it moved.)
     pub record_sent: &'static str,
     /// Every other outcome moves only an unfinished message, and only from
     /// the channel it is on: event id, channel, status, reason, error,
-    /// finished at, now, attempt. Clears the open attempt if it is the
-    /// record's. (PostgreSQL returns the ids it moved.)
+    /// finished at, now, attempt, the attempt's outcome. Finishes the open
+    /// attempt if it is the record's. (PostgreSQL returns the ids it
+    /// moved.) A record whose message neither statement moves finishes its
+    /// attempt with `FINISH_ATTEMPT`.
     pub record_other: &'static str,
     /// Makes accepted sends findable by their receipts: provider id, event
     /// id, now. A provider id already there keeps its event.
@@ -364,24 +393,24 @@ macro_rules! pg_rows {
     };
 }
 
-/// The assignment that clears a message's open attempt when it is the one
-/// a record names (`$attempt`, `$channel`: its attempt number and channel),
-/// and keeps it otherwise (a late record after a newer claim). `$m` is how
-/// the statement names the message's columns.
-macro_rules! clear_open {
-    ($m:literal, $attempt:literal, $channel:literal) => {
+/// The assignments that finish a message's open attempt when it is the
+/// one a record names (`$attempt`, `$channel`: its attempt number and
+/// channel), each column to its value, and keep every column otherwise (a
+/// late record after a newer claim, or a repeated one): `FINISH_ATTEMPT`'s
+/// condition. `$m` is how the statement names the message's columns.
+macro_rules! finish_latest {
+    ($m:literal, $attempt:literal, $channel:literal;
+     $col0:literal = $val0:literal $(, $col:literal = $val:literal)*) => {
         concat!(
-            "open_attempt = CASE WHEN ",
-            $m,
-            "open_attempt = ",
-            $attempt,
-            " AND ",
-            $m,
-            "open_channel = ",
-            $channel,
-            " THEN NULL ELSE ",
-            $m,
-            "open_attempt END"
+            finish_latest!(@one $m, $attempt, $channel, $col0, $val0)
+            $(, ", ", finish_latest!(@one $m, $attempt, $channel, $col, $val))*
+        )
+    };
+    (@one $m:literal, $attempt:literal, $channel:literal, $col:literal, $val:literal) => {
+        concat!(
+            $col, " = CASE WHEN ", $m, "latest_attempt = ", $attempt, " AND ", $m,
+            "latest_channel = ", $channel, " AND ", $m, "latest_finished_at IS NULL THEN ",
+            $val, " ELSE ", $m, $col, " END"
         )
     };
 }
@@ -390,30 +419,20 @@ macro_rules! clear_open {
 const PG_BULK: Bulk = Bulk {
     claim_insert: concat!(
         "INSERT INTO messages (event_id, class, user_id, channel, status, attempts, \
-fallback_from, created_at, updated_at, open_attempt, open_channel, open_started_at, owner, \
+fallback_from, created_at, updated_at, latest_attempt, latest_channel, latest_started_at, owner, \
 lease_until) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'sending', 1, value ->> 4, \
 CAST(value ->> 5 AS BIGINT), CAST(value ->> 5 AS BIGINT), CAST(value ->> 6 AS BIGINT), value ->> 3, \
 CAST(value ->> 5 AS BIGINT), value ->> 7, CAST(value ->> 8 AS BIGINT) FROM ",
         pg_rows!(),
         " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
     ),
-    close_attempts: concat!(
-        "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, \
-finished_at, outcome, error, provider_id, cost_usd) SELECT m.event_id, m.attempts, m.open_attempt, \
-m.open_channel, m.open_started_at, m.owner, m.lease_until, v.finished_at, v.outcome, v.error, \
-v.provider_id, v.cost_usd \
-FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, CAST(value ->> 2 AS BIGINT) AS attempt, \
-CAST(value ->> 3 AS BIGINT) AS finished_at, value ->> 4 AS outcome, value ->> 5 AS error, \
-value ->> 6 AS provider_id, CAST(value ->> 7 AS DOUBLE PRECISION) AS cost_usd FROM ",
-        pg_rows!(),
-        ") AS v JOIN messages m ON m.event_id = v.event_id AND m.open_attempt = v.attempt \
-AND m.open_channel = v.channel"
-    ),
     record_sent: concat!(
         "UPDATE messages SET status = 'sent', channel = v.channel, provider_id = v.provider_id, \
 cost_usd = v.cost_usd, segments = v.segments, finished_at = v.at, updated_at = v.at, \
 delivery = NULL, delivery_rank = 0, delivery_error = NULL, delivery_at = NULL, ",
-        clear_open!("messages.", "v.attempt", "v.channel"),
+        finish_latest!("messages.", "v.attempt", "v.channel";
+            "latest_finished_at" = "v.at", "latest_outcome" = "'sent'", "latest_error" = "NULL",
+            "latest_provider_id" = "v.provider_id", "latest_cost_usd" = "v.cost_usd"),
         " FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS provider_id, \
 CAST(value ->> 3 AS DOUBLE PRECISION) AS cost_usd, CAST(value ->> 4 AS BIGINT) AS segments, \
 CAST(value ->> 5 AS BIGINT) AS at, CAST(value ->> 6 AS BIGINT) AS attempt FROM ",
@@ -424,10 +443,14 @@ RETURNING messages.event_id"
     record_other: concat!(
         "UPDATE messages SET status = v.status, reason = COALESCE(v.reason, messages.reason), \
 last_error = COALESCE(v.error, messages.last_error), finished_at = v.finished_at, updated_at = v.at, ",
-        clear_open!("messages.", "v.attempt", "v.channel"),
+        finish_latest!("messages.", "v.attempt", "v.channel";
+            "latest_finished_at" = "v.at", "latest_outcome" = "v.outcome",
+            "latest_error" = "v.error", "latest_provider_id" = "NULL",
+            "latest_cost_usd" = "NULL"),
         " FROM (SELECT value ->> 0 AS event_id, value ->> 1 AS channel, value ->> 2 AS status, \
 value ->> 3 AS reason, value ->> 4 AS error, CAST(value ->> 5 AS BIGINT) AS finished_at, \
-CAST(value ->> 6 AS BIGINT) AS at, CAST(value ->> 7 AS BIGINT) AS attempt FROM ",
+CAST(value ->> 6 AS BIGINT) AS at, CAST(value ->> 7 AS BIGINT) AS attempt, \
+value ->> 8 AS outcome FROM ",
         pg_rows!(),
         ") AS v WHERE messages.event_id = v.event_id AND messages.channel = v.channel \
 AND messages.status IN ('sending', 'retrying', 'fallback', 'outcome_unknown') \
@@ -473,22 +496,21 @@ WHERE address IN (SELECT value FROM json_each($1))",
     purge_failed: sqlite_purge!(purge_failed_where!()),
     bulk: Bulk {
         claim_insert: claim_insert_message!(),
-        close_attempts:
-            "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, \
-lease_until, finished_at, outcome, error, provider_id, cost_usd) SELECT event_id, attempts, \
-open_attempt, open_channel, open_started_at, owner, lease_until, $4, $5, $6, $7, $8 FROM messages \
-WHERE event_id = $1 AND open_attempt = $3 AND open_channel = $2",
         record_sent: concat!(
             "UPDATE messages SET status = 'sent', channel = $2, provider_id = $3, cost_usd = $4, \
 segments = $5, finished_at = $6, updated_at = $6, delivery = NULL, delivery_rank = 0, \
 delivery_error = NULL, delivery_at = NULL, ",
-            clear_open!("", "$7", "$2"),
+            finish_latest!("", "$7", "$2";
+                "latest_finished_at" = "$6", "latest_outcome" = "'sent'", "latest_error" = "NULL",
+                "latest_provider_id" = "$3", "latest_cost_usd" = "$4"),
             " WHERE event_id = $1 AND status <> 'sent'"
         ),
         record_other: concat!(
             "UPDATE messages SET status = $3, reason = COALESCE($4, reason), \
 last_error = COALESCE($5, last_error), finished_at = $6, updated_at = $7, ",
-            clear_open!("", "$8", "$2"),
+            finish_latest!("", "$8", "$2";
+                "latest_finished_at" = "$7", "latest_outcome" = "$9", "latest_error" = "$5",
+                "latest_provider_id" = "NULL", "latest_cost_usd" = "NULL"),
             " WHERE event_id = $1 AND channel = $2 \
 AND status <> 'sent' AND status <> 'dead_lettered' AND status <> 'suppressed'"
         ),
@@ -531,10 +553,9 @@ mod tests {
     }
 
     /// Every statement of a `Bulk`, in one order.
-    fn steps(b: &Bulk) -> [&'static str; 6] {
+    fn steps(b: &Bulk) -> [&'static str; 5] {
         [
             b.claim_insert,
-            b.close_attempts,
             b.record_sent,
             b.record_other,
             b.receipt_keys,
