@@ -1311,38 +1311,52 @@ owner, lease_until) VALUES ('m-open', 1, 1, 'sms', 10, NULL, NULL, 'gone', 15), 
         [(1, "sms", Some("sent"))]
     );
     // Another owner's lease, moved with its attempt, still holds.
-    assert_eq!(
-        store.claim(&[claim("m-open", "sms", 2, T0)]).await.unwrap(),
-        [ClaimOutcome::InFlightElsewhere]
-    );
-    store
-        .record(&[record("m-open", "sms", 2, sent("SM2", 0.0075, 1), T0)])
-        .await
-        .unwrap();
-    let v = view(&store, "m-open").await;
-    assert_eq!(v.status, Status::Sent);
-    assert_eq!(
-        log(&v),
-        [
-            (1, "sms", Some("outcome_unknown")),
-            (2, "sms", Some("sent"))
-        ]
-    );
+    open_attempt_2_holds_then_finishes(&store, "m-open", "outcome_unknown").await;
     store.close().await;
 }
 
-#[tokio::test]
-async fn sqlite_open_attempts_move_onto_their_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
-    open_attempts_move_onto_their_messages(&url, "sqlite").await;
+/// `id`'s attempt 2, open on its message and another owner's within its
+/// lease, keeps a claim off; its record then finishes it, after attempt
+/// 1, which finished as `first`.
+async fn open_attempt_2_holds_then_finishes(store: &Store, id: &str, first: &str) {
+    assert_eq!(
+        store.claim(&[claim(id, "sms", 2, T0)]).await.unwrap(),
+        [ClaimOutcome::InFlightElsewhere]
+    );
+    store
+        .record(&[record(id, "sms", 2, sent("SM2", 0.0075, 1), T0)])
+        .await
+        .unwrap();
+    let v = view(store, id).await;
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(log(&v), [(1, "sms", Some(first)), (2, "sms", Some("sent"))]);
+    assert_eq!(v.attempt_log[1].provider_id.as_deref(), Some("SM2"));
 }
 
-#[tokio::test]
-async fn postgres_open_attempts_move_onto_their_messages() {
-    let database = PgDatabase::create().await;
-    open_attempts_move_onto_their_messages(&database.url(), "postgres").await;
+/// Runs a test body `(url, dialect)` on a fresh store of each backend,
+/// as two tests named `$sqlite` and `$postgres`.
+macro_rules! on_fresh_stores {
+    ($sqlite:ident, $postgres:ident, $body:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
+            $body(&url, "sqlite").await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let database = PgDatabase::create().await;
+            $body(&database.url(), "postgres").await;
+        }
+    };
 }
+
+on_fresh_stores!(
+    sqlite_open_attempts_move_onto_their_messages,
+    postgres_open_attempts_move_onto_their_messages,
+    open_attempts_move_onto_their_messages
+);
 
 /// Migration 0010 keeps an event's latest attempt on its message once it
 /// finishes: a store made before it keeps its finished attempts in
@@ -1362,21 +1376,7 @@ owner, lease_until) VALUES ('m-open', 1, 1, 'sms', 10, 20, 'retry', '503', 'a', 
     let v = view(&store, "m-open").await;
     assert_eq!(log(&v), [(1, "sms", Some("retry")), (2, "sms", None)]);
     assert_eq!(v.attempt_log[1].started_at_ms, 30);
-    // Another owner's lease on the open attempt still holds.
-    assert_eq!(
-        store.claim(&[claim("m-open", "sms", 2, T0)]).await.unwrap(),
-        [ClaimOutcome::InFlightElsewhere]
-    );
-    store
-        .record(&[record("m-open", "sms", 2, sent("SM2", 0.0075, 1), T0)])
-        .await
-        .unwrap();
-    let v = view(&store, "m-open").await;
-    assert_eq!(
-        log(&v),
-        [(1, "sms", Some("retry")), (2, "sms", Some("sent"))]
-    );
-    assert_eq!(v.attempt_log[1].provider_id.as_deref(), Some("SM2"));
+    open_attempt_2_holds_then_finishes(&store, "m-open", "retry").await;
     // A message whose attempts are all in `attempts` takes its next one.
     assert_eq!(
         store
@@ -1396,18 +1396,11 @@ owner, lease_until) VALUES ('m-open', 1, 1, 'sms', 10, 20, 'retry', '503', 'a', 
     store.close().await;
 }
 
-#[tokio::test]
-async fn a_sqlite_store_from_before_0010_keeps_its_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/herald.db?mode=rwc", dir.path().display());
-    a_store_from_before_0010_keeps_its_attempts(&url, "sqlite").await;
-}
-
-#[tokio::test]
-async fn a_postgres_store_from_before_0010_keeps_its_attempts() {
-    let database = PgDatabase::create().await;
-    a_store_from_before_0010_keeps_its_attempts(&database.url(), "postgres").await;
-}
+on_fresh_stores!(
+    a_sqlite_store_from_before_0010_keeps_its_attempts,
+    a_postgres_store_from_before_0010_keeps_its_attempts,
+    a_store_from_before_0010_keeps_its_attempts
+);
 
 /// Migration 0008 makes `messages` and `attempts` again (their CHECKs as
 /// comparisons): a SQLite store made before it keeps every row, the
