@@ -90,9 +90,46 @@ pub(crate) struct Claimer {
 }
 
 impl Claimer {
-    /// The end of the lease of an attempt `claim` opens.
-    fn lease_until(&self, claim: &Claim) -> i64 {
-        claim.now_ms.saturating_add(self.lease_ms)
+    /// The end of a lease of this process's taken or renewed at `now_ms`.
+    fn lease_from(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_add(self.lease_ms)
+    }
+}
+
+/// What a claim reads of a stored message (`sql::Dialect::select_for_claim`).
+struct Stored {
+    status: Status,
+    provider_id: Option<String>,
+    /// Its latest attempt is on it and has no outcome yet.
+    open: bool,
+    /// The process that opened the latest attempt.
+    owner: Option<String>,
+    lease_until: Option<i64>,
+}
+
+impl Stored {
+    /// The columns of `claim_read!`, in order.
+    fn of(row: Vec<Val>) -> Result<Stored, StoreError> {
+        let mut row = row.into_iter();
+        let mut next = || row.next().unwrap_or(Val::Null);
+        let (status, provider_id, attempt) = (next(), next(), next());
+        let (finished_at, owner, lease_until) = (next(), next(), next());
+        let is_null = |v: &Val| matches!(v, Val::Null);
+        Ok(Stored {
+            status: parse_status(status.into_text().unwrap_or_default())?,
+            provider_id: provider_id.into_text(),
+            open: !is_null(&attempt) && is_null(&finished_at),
+            owner: owner.into_text(),
+            lease_until: (!is_null(&lease_until)).then(|| lease_until.int()),
+        })
+    }
+
+    /// Whether another process's call of the event may still be running:
+    /// its attempt is open and its lease not over at `now_ms`.
+    fn in_flight_elsewhere(&self, me: &str, now_ms: i64) -> bool {
+        self.open
+            && self.owner.as_deref().is_some_and(|owner| owner != me)
+            && self.lease_until.is_some_and(|until| until > now_ms)
     }
 }
 
@@ -297,7 +334,7 @@ async fn insert_new<'c>(
                     c.now_ms,
                     c.attempt,
                     &*claimer.owner,
-                    claimer.lease_until(c),
+                    claimer.lease_from(c.now_ms),
                 ]
             }),
         )
@@ -322,8 +359,7 @@ pub(crate) async fn renew(
     event_id: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    let lease_until = now_ms.saturating_add(claimer.lease_ms);
-    let args = args![event_id, &*claimer.owner, lease_until];
+    let args = args![event_id, &*claimer.owner, claimer.lease_from(now_ms)];
     Ok(db.run(sql::RENEW_LEASE, args).await? > 0)
 }
 
@@ -350,34 +386,29 @@ async fn claim_one(
             claim.now_ms,
             claim.attempt,
             &*claimer.owner,
-            claimer.lease_until(claim),
+            claimer.lease_from(claim.now_ms),
         ];
         db.run(sql::CLAIM_INSERT_MESSAGE, args).await?;
         return Ok(ClaimOutcome::Send {
             previous_unknown: false,
         });
     };
-    // `select_for_claim` reads status, provider_id.
-    let mut row = row.into_iter();
-    let status = parse_status(row.next().and_then(|v| v.into_text()).unwrap_or_default())?;
-    match status {
+    let stored = Stored::of(row)?;
+    match stored.status {
         Status::Sent => Ok(ClaimOutcome::AlreadySent {
-            provider_id: row.next().and_then(|v| v.into_text()),
+            provider_id: stored.provider_id,
         }),
-        Status::DeadLettered | Status::Suppressed => Ok(ClaimOutcome::AlreadyFinal { status }),
+        status @ (Status::DeadLettered | Status::Suppressed) => {
+            Ok(ClaimOutcome::AlreadyFinal { status })
+        }
         Status::Sending | Status::Retrying | Status::Fallback | Status::OutcomeUnknown => {
             // Another process's call may still be running: leave it alone
             // (a crashed one's lease runs out, and then it is unfinished).
-            let args = args![&claim.event_id, &*claimer.owner, claim.now_ms];
-            if !db.rows(sql::IN_FLIGHT_ELSEWHERE, args).await?.is_empty() {
+            if stored.in_flight_elsewhere(&claimer.owner, claim.now_ms) {
                 return Ok(ClaimOutcome::InFlightElsewhere);
             }
             let args = args![&claim.event_id, claim.now_ms, UNFINISHED_ERROR];
-            let unfinished = db.run(sql::CLOSE_OPEN_ATTEMPT, args).await?;
-            if unfinished == 0 {
-                db.run(sql::SHELVE_FINISHED_ATTEMPT, args![&claim.event_id])
-                    .await?;
-            }
+            db.run(sql::SHELVE_LATEST_ATTEMPT, args).await?;
             let args = args![
                 &claim.event_id,
                 claim.channel,
@@ -387,11 +418,11 @@ async fn claim_one(
                 &claim.user_id,
                 claim.attempt,
                 &*claimer.owner,
-                claimer.lease_until(claim),
+                claimer.lease_from(claim.now_ms),
             ];
             db.run(sql::RECLAIM_MESSAGE, args).await?;
             Ok(ClaimOutcome::Send {
-                previous_unknown: unfinished > 0,
+                previous_unknown: stored.open,
             })
         }
     }

@@ -6,7 +6,8 @@
 /// The statements whose text differs per backend.
 #[derive(Debug)]
 pub(crate) struct Dialect {
-    /// Reads a message's status for a claim, locking the row until the
+    /// Reads what a claim of a stored message needs (`claim_read!`: its
+    /// status, provider id and latest attempt), locking the row until the
     /// transaction ends. SQLite needs no row lock: the claim transaction
     /// already holds the database's write lock from its first INSERT.
     pub select_for_claim: &'static str,
@@ -26,6 +27,14 @@ pub(crate) struct Dialect {
     pub purge_failed: &'static str,
     /// The hot path's statements over a whole batch.
     pub bulk: Bulk,
+}
+
+/// What a claim of a stored event reads of its message, in this order
+/// (`commit::Stored`).
+macro_rules! claim_read {
+    () => {
+        "SELECT status, provider_id, latest_attempt, latest_finished_at, owner, lease_until"
+    };
 }
 
 macro_rules! claim_insert_message {
@@ -50,33 +59,18 @@ macro_rules! latest_open {
     };
 }
 
-/// Writes an event's open attempt, if it has one, to `attempts`, finished
-/// as `outcome_unknown`. (The claim that runs it opens the next attempt in
-/// its place, `RECLAIM_MESSAGE`.) `$1` event id, `$2` now, `$3` error.
-pub(crate) const CLOSE_OPEN_ATTEMPT: &str = concat!(
-    "INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, \
-finished_at, outcome, error) SELECT event_id, attempts, latest_attempt, latest_channel, \
-latest_started_at, owner, lease_until, $2, 'outcome_unknown', $3 FROM messages \
-WHERE event_id = $1 AND ",
-    latest_open!()
-);
-
-/// Writes an event's finished latest attempt, if it has one, to
-/// `attempts`, as it finished. (The claim that runs it opens the next
-/// attempt in its place, `RECLAIM_MESSAGE`.) `$1` event id.
-pub(crate) const SHELVE_FINISHED_ATTEMPT: &str = "\
+/// Writes an event's latest attempt, if it is on the message, to
+/// `attempts`: as it finished, or, still open, finished now as
+/// `outcome_unknown` with `$3` as its error. (The claim that runs it opens
+/// the next attempt in its place, `RECLAIM_MESSAGE`.) `$1` event id, `$2`
+/// now.
+pub(crate) const SHELVE_LATEST_ATTEMPT: &str = "\
 INSERT INTO attempts (event_id, seq, attempt, channel, started_at, owner, lease_until, finished_at, \
 outcome, error, provider_id, cost_usd) SELECT event_id, attempts, latest_attempt, latest_channel, \
-latest_started_at, owner, lease_until, latest_finished_at, latest_outcome, latest_error, \
-latest_provider_id, latest_cost_usd FROM messages \
-WHERE event_id = $1 AND latest_attempt IS NOT NULL AND latest_finished_at IS NOT NULL";
-
-/// Whether another process holds an unfinished attempt of the event whose
-/// lease has not run out: `$1` event id, `$2` this process, `$3` now.
-pub(crate) const IN_FLIGHT_ELSEWHERE: &str = concat!(
-    "SELECT 1 FROM messages WHERE event_id = $1 AND owner <> $2 AND lease_until > $3 AND ",
-    latest_open!()
-);
+latest_started_at, owner, lease_until, COALESCE(latest_finished_at, $2), \
+CASE WHEN latest_finished_at IS NULL THEN 'outcome_unknown' ELSE latest_outcome END, \
+CASE WHEN latest_finished_at IS NULL THEN $3 ELSE latest_error END, latest_provider_id, \
+latest_cost_usd FROM messages WHERE event_id = $1 AND latest_attempt IS NOT NULL";
 
 /// Renews the lease of this process's open attempt of an event: `$1` event
 /// id, `$2` this process, `$3` the lease's new end. Changes no row once
@@ -88,7 +82,7 @@ pub(crate) const RENEW_LEASE: &str = concat!(
 
 /// A later claim of a claimable message, opening its next attempt in
 /// place of its latest (which was written to `attempts` first,
-/// `CLOSE_OPEN_ATTEMPT` or `SHELVE_FINISHED_ATTEMPT`). `$1` event id, `$2`
+/// `SHELVE_LATEST_ATTEMPT`). `$1` event id, `$2`
 /// channel, `$3` fallback from, `$4` now, `$5` class, `$6` user id, `$7` the
 /// delivery's attempt number, `$8` this process, `$9` the lease's end.
 pub(crate) const RECLAIM_MESSAGE: &str = "\
@@ -482,7 +476,7 @@ AND (leased_until IS NULL OR leased_until <= $1) ORDER BY due_at LIMIT $3"
 }
 
 pub(crate) const SQLITE: Dialect = Dialect {
-    select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1",
+    select_for_claim: concat!(claim_read!(), " FROM messages WHERE event_id = $1"),
     // SQLite has one writer at a time: the UPDATE is the lease.
     take_due: concat!(
         "UPDATE scheduled SET leased_until = $2 WHERE (event_id, class) IN (",
@@ -523,7 +517,10 @@ ON CONFLICT (event_id) DO NOTHING",
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
-    select_for_claim: "SELECT status, provider_id FROM messages WHERE event_id = $1 FOR UPDATE",
+    select_for_claim: concat!(
+        claim_read!(),
+        " FROM messages WHERE event_id = $1 FOR UPDATE"
+    ),
     take_due: concat!(
         "UPDATE scheduled SET leased_until = $2 FROM (",
         free_due!(),
