@@ -1260,6 +1260,43 @@ async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
     );
 }
 
+/// The writer's commits reach the database file through the background
+/// checkpoint (`src/store/checkpoint.rs`), with no later commit and the log
+/// far below SQLite's own threshold of 1,000 pages.
+#[tokio::test]
+async fn a_sqlite_stores_commits_reach_its_file_without_another_commit() {
+    let db = Db::sqlite().await;
+    let claims: Vec<Claim> = (0..20)
+        .map(|i| claim(&format!("f{i}"), "sms", 1, T0))
+        .collect();
+    db.store.claim(&claims).await.unwrap();
+    let path = db.url.trim_start_matches("sqlite://");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let in_file = messages_in_file(path);
+        if in_file == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{in_file} of 20 messages in the database file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The messages that the database file at `path` holds without its log: a
+/// copy of the file alone, opened. 0 if the copy cannot be read (a
+/// checkpoint was writing the file meanwhile).
+fn messages_in_file(path: &str) -> i64 {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(path, &copy).unwrap();
+    rusqlite::Connection::open(&copy)
+        .and_then(|c| c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
 /// Runs the shipped migrations of `dialect` before `first_not_run` on
 /// `url`, as an earlier herald did.
 async fn migrate_before(url: &str, dialect: &str, first_not_run: &str) {

@@ -20,6 +20,7 @@
 //! - `sql.rs`: every statement's text.
 //! - `error.rs`: [`StoreError`].
 
+mod checkpoint;
 mod commit;
 mod error;
 mod exec;
@@ -28,8 +29,10 @@ mod ops;
 mod sql;
 
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use checkpoint::Checkpointer;
 
 use futures_util::FutureExt;
 
@@ -120,6 +123,10 @@ struct Writer {
     /// handle is locked out of sqlx's worker thread.
     lite: Mutex<Option<Lite>>,
     pool: SqlitePool,
+    /// Copies the log back into the database file off the commits' path
+    /// (`checkpoint.rs`); none for an in-memory database. Taken (stopped)
+    /// by `close`.
+    checkpoints: Mutex<Option<Checkpointer>>,
 }
 
 /// Statements rusqlite keeps prepared: every statement of `commit.rs`.
@@ -134,10 +141,11 @@ struct Lite {
 }
 
 impl SqliteWriter {
-    fn new(pool: SqlitePool) -> SqliteWriter {
+    fn new(pool: SqlitePool, checkpoints: Option<Checkpointer>) -> SqliteWriter {
         SqliteWriter(Arc::new(Writer {
             lite: Mutex::new(None),
             pool,
+            checkpoints: Mutex::new(checkpoints),
         }))
     }
 
@@ -157,7 +165,7 @@ impl SqliteWriter {
         let mut conn = self.pool().acquire().await?;
         let mut handle = conn.lock_handle().await?;
         let raw = handle.as_raw_handle().as_ptr();
-        let mut lite = self.0.lite.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lite = lock(&self.0.lite);
         if lite.as_ref().is_none_or(|l| l.handle != raw as usize) {
             // SAFETY: rusqlite uses the handle only below, while it is
             // locked out of sqlx's worker thread; it never closes it (a
@@ -179,19 +187,17 @@ impl SqliteWriter {
             .now_or_never()
             .expect("LiteExec never waits")?;
         tx.commit()?;
+        if let Some(checkpoints) = lock(&self.0.checkpoints).as_ref() {
+            checkpoints.poke();
+        }
         Ok(out)
     }
 
-    /// Finalises the kept statements (with the handle locked, if it can
-    /// be), then closes the connection.
+    /// Stops the background checkpoints, finalises the kept statements
+    /// (with the handle locked, if it can be), then closes the connection.
     async fn close(&self) {
-        let forget = || {
-            self.0
-                .lite
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-        };
+        drop(lock(&self.0.checkpoints).take());
+        let forget = || lock(&self.0.lite).take();
         if let Ok(mut conn) = self.pool().acquire().await {
             if let Ok(_locked) = conn.lock_handle().await {
                 drop(forget());
@@ -200,6 +206,11 @@ impl SqliteWriter {
         drop(forget());
         self.pool().close().await;
     }
+}
+
+/// Nothing done under the writer's locks can leave their data half-written.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Calls the operation `$op` of the store's backend module (see
@@ -604,12 +615,13 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<(SqlitePool, SqliteWriter
             source,
         })?;
     // One in-memory database has no second connection to share it.
-    let writer = if in_memory {
-        pool.clone()
+    let (writer, checkpoints) = if in_memory {
+        (pool.clone(), None)
     } else {
-        connect(kept(), options).await?
+        let checkpoints = Checkpointer::start(options.get_filename());
+        (connect(kept(), options).await?, checkpoints)
     };
-    Ok((pool, SqliteWriter::new(writer)))
+    Ok((pool, SqliteWriter::new(writer, checkpoints)))
 }
 
 async fn open_postgres(url: &str, shown: &str) -> Result<PgPool, StoreError> {
