@@ -196,7 +196,8 @@ impl SqliteWriter {
     /// Stops the background checkpoints, finalises the kept statements
     /// (with the handle locked, if it can be), then closes the connection.
     async fn close(&self) {
-        drop(lock(&self.0.checkpoints).take());
+        let checkpoints = lock(&self.0.checkpoints).take();
+        drop(checkpoints); // joins its thread, the lock released
         let forget = || lock(&self.0.lite).take();
         if let Ok(mut conn) = self.pool().acquire().await {
             if let Ok(_locked) = conn.lock_handle().await {
