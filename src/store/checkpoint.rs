@@ -14,7 +14,8 @@
 //! automatic checkpoint as the bound on the log: SQLite starts the log over
 //! only when a transaction begins with every page of it copied, and if a
 //! commit ran during each background checkpoint it cannot; the writer's
-//! checkpoint then finds most pages copied already.
+//! checkpoint then finds most pages copied already. Why and what it
+//! measured: `docs/adr/0007-sqlite-checkpoints-off-the-commit-path.md`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
