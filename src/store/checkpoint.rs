@@ -28,7 +28,7 @@ use tracing::warn;
 
 /// The longest a commit's pages wait in the log for a checkpoint: the
 /// commits of this time share one.
-pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
 /// The thread that checkpoints a database file; stopped (and joined) when
 /// dropped.

@@ -497,7 +497,8 @@ async fn settle(
         }
         // The update that moves a message finishes the attempt the record
         // names; one that did not apply (a message already `sent`, say)
-        // leaves that to this, on the same condition.
+        // leaves that to this, on the same condition. An attempt finished
+        // here is on a message, so there is none to create.
         let w = Written::of(record);
         let args = args![
             &record.event_id,
@@ -509,8 +510,9 @@ async fn settle(
             w.provider_id,
             w.cost_usd,
         ];
-        db.run(sql::FINISH_ATTEMPT, args).await?;
-        insert_recorded(db, record).await?;
+        if db.run(sql::FINISH_ATTEMPT, args).await? == 0 {
+            insert_recorded(db, record).await?;
+        }
     }
     Ok(())
 }
