@@ -1,6 +1,6 @@
 //! The SQLite store's background checkpoints: the write-ahead log copied
-//! back into the database file on a thread of its own, so that no commit of
-//! the journal waits for it.
+//! back into the database file on a thread of its own, so that the
+//! journal's commits seldom wait for it.
 //!
 //! SQLite's own (automatic) checkpoint runs inside the commit that takes
 //! the log past 1,000 pages, on the connection that made it. On the writer
