@@ -5,7 +5,8 @@
 //! 1. **baseline** — publishes N messages to a plain queue and consumes them
 //!    with a bare lapin consumer: one HTTP POST to the fake per message, then
 //!    an ack (one per message, or `multiple` every 50);
-//! 2. **herald** — publishes N events across the classes (confirmed), starts
+//! 2. **herald** — publishes N events across the classes (confirmed, each
+//!    with the AMQP priority `herald publish` gives its class), starts
 //!    `herald run` as a child process on a bench config (limits set high, the
 //!    store chosen), and times from its first send (its start-up is
 //!    printed, not timed) until the fakes have accepted all N; it reads the
@@ -349,10 +350,38 @@ fn event_body(i: usize, class_is_sms: bool) -> Vec<u8> {
     .expect("json")
 }
 
+/// A class the bench publishes to, and how a client publishes its events.
+#[derive(Clone)]
+struct Target {
+    class: String,
+    sms: bool,
+    /// The AMQP priority `herald publish` gives the class's events.
+    priority: u8,
+}
+
+/// The bench's classes as a client publishes to them: each event with the
+/// AMQP priority `herald publish` gives its class.
+fn targets(shipped: &crate::config::Config, classes: &[String]) -> anyhow::Result<Vec<Target>> {
+    classes
+        .iter()
+        .map(|c| {
+            let cfg = shipped
+                .classes
+                .get(c)
+                .with_context(|| format!("no class {c}"))?;
+            Ok(Target {
+                class: c.clone(),
+                sms: cfg.channel() == herald_actors::model::Channel::Sms,
+                priority: crate::amqp::topology::amqp_priority(cfg.priority),
+            })
+        })
+        .collect()
+}
+
 /// Publishes with confirms, `rate` per second if given, all confirms awaited.
 async fn publish(
     conn: &Connection,
-    targets: &[(String, bool)],
+    targets: &[Target],
     n: usize,
     rate: Option<u64>,
     to_queue: Option<&str>,
@@ -362,15 +391,15 @@ async fn publish(
     let start = Instant::now();
     let mut pending = Vec::with_capacity(1024);
     for i in 0..n {
-        let (class, sms) = &targets[i % targets.len()];
-        let body = event_body(i, *sms);
+        let target = &targets[i % targets.len()];
+        let body = event_body(i, target.sms);
         let (exchange, key) = match to_queue {
             Some(q) => ("", q),
-            None => ("herald", class.as_str()),
+            None => ("herald", target.class.as_str()),
         };
         let props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_priority(5);
+            .with_priority(target.priority);
         pending.push(
             ch.basic_publish(
                 exchange.into(),
@@ -422,7 +451,12 @@ async fn baseline(
         .await?;
     publish(
         &conn,
-        &[(String::new(), true)],
+        &[Target {
+            class: String::new(),
+            sms: true,
+            // A plain queue ignores it.
+            priority: 0,
+        }],
         args.events,
         None,
         Some(BASELINE_QUEUE),
@@ -780,19 +814,7 @@ async fn herald_run(
         Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
         None => shipped.classes.keys().cloned().collect(),
     };
-    let targets: Vec<(String, bool)> = classes
-        .iter()
-        .map(|c| {
-            let cfg = shipped
-                .classes
-                .get(c)
-                .with_context(|| format!("no class {c}"))?;
-            Ok((
-                c.clone(),
-                cfg.channel() == herald_actors::model::Channel::Sms,
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let targets = targets(&shipped, &classes)?;
     let config_path = dir.join("bench.toml");
     let config_text = bench_config(&classes, args);
     std::fs::write(&config_path, &config_text)?;
@@ -816,10 +838,10 @@ async fn herald_run(
     let conn = connect(vhost_url).await?;
     let ch = conn.create_channel().await?;
     crate::amqp::topology::declare(&ch, &crate::engine::class_topology(&config)).await?;
-    for (c, _) in &targets {
+    for t in &targets {
         let _ = ch
             .queue_purge(
-                format!("herald.{c}").as_str().into(),
+                crate::amqp::topology::class_queue(&t.class).as_str().into(),
                 QueuePurgeOptions::default(),
             )
             .await;
@@ -1370,6 +1392,24 @@ mod tests {
             config.classes.keys().collect::<Vec<_>>(),
             ["payment_reminder", "weekly_checkin"]
         );
+    }
+
+    #[test]
+    fn the_bench_publishes_each_class_at_the_priority_a_client_would() {
+        let shipped = crate::config::Config::from_toml_str(SHIPPED_CONFIG, &|_| None).unwrap();
+        let classes: Vec<String> = shipped.classes.keys().cloned().collect();
+        let published = targets(&shipped, &classes).unwrap();
+        let by_class = |name: &str| published.iter().find(|t| t.class == name).unwrap();
+        // SPEC.md's default classes: priority 1 is AMQP 10, priority 8 is 3.
+        assert_eq!(by_class("critical_financial").priority, 10);
+        assert!(by_class("critical_financial").sms);
+        assert_eq!(by_class("onboarding_sequence").priority, 3);
+        assert!(!by_class("monthly_report").sms);
+        let mut priorities: Vec<u8> = published.iter().map(|t| t.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        assert_eq!(priorities.len(), classes.len(), "one level a class");
+        assert!(targets(&shipped, &["no_such_class".to_owned()]).is_err());
     }
 
     #[test]
