@@ -157,6 +157,10 @@ pub struct Run {
     pub fakes_cpu_seconds: Option<f64>,
     /// ... the broker, when it runs on this machine ...
     pub broker_cpu_seconds: Option<f64>,
+    /// ... the PostgreSQL server with its backends, for herald on
+    /// `--store postgres` when the server runs on this machine (a SQLite
+    /// store works inside herald's processes, in `cpu_seconds`) ...
+    pub store_cpu_seconds: Option<f64>,
     /// ... and what no process used (0 to 1 of all cores).
     pub machine_idle_share: Option<f64>,
 }
@@ -479,7 +483,10 @@ async fn baseline(
         twilio.base_url()
     );
     let multiple = args.ack == "multiple";
-    let marks = CpuMarks::take(broker);
+    let marks = CpuMarks::take(Watched {
+        broker,
+        store: None,
+    });
     let start = Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let mut taken = 0usize;
@@ -555,6 +562,7 @@ async fn baseline(
         bench_cpu_seconds: shares.bench,
         fakes_cpu_seconds: shares.fakes,
         broker_cpu_seconds: shares.broker,
+        store_cpu_seconds: shares.store,
         machine_idle_share: shares.idle,
     })
 }
@@ -691,13 +699,48 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((idle, ticks.iter().sum()))
 }
 
+/// The CPU seconds of a server that forks a process per connection
+/// (PostgreSQL's postmaster): its own, its children's, and those of its
+/// children that have ended (`cutime`, `cstime`).
+fn server_cpu(pid: u32) -> Option<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let field =
+        |rest: &str, i: usize| -> Option<f64> { rest.split_whitespace().nth(i)?.parse().ok() };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat_parts(&stat)?;
+    // After the name: state, ppid, ...; utime, stime, cutime, cstime at 11–14.
+    let mut sum = (11..=14).map(|i| field(rest, i)).sum::<Option<f64>>()? / ticks;
+    let parent = pid.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // not a process, or it ended meanwhile
+        };
+        if let Some((_, rest)) = stat_parts(&stat) {
+            if rest.split_whitespace().nth(1) == Some(parent.as_str()) {
+                sum += stat_cpu(&stat).unwrap_or(0.0);
+            }
+        }
+    }
+    Some(sum)
+}
+
+/// The processes outside this one whose CPU a run counts, when they run on
+/// this machine.
+#[derive(Clone, Copy, Default)]
+struct Watched {
+    /// The broker ([`local_listener`]).
+    broker: Option<u32>,
+    /// The PostgreSQL server's postmaster, for herald on `--store postgres`.
+    store: Option<u32>,
+}
+
 /// CPU counters at the start of a timed part.
 struct CpuMarks {
-    /// The broker's process, if it runs on this machine ([`broker_pid`]).
-    broker_pid: Option<u32>,
+    watched: Watched,
     bench: Option<f64>,
     fakes: Option<f64>,
     broker: Option<f64>,
+    store: Option<f64>,
     machine: Option<(u64, u64)>,
 }
 
@@ -706,22 +749,24 @@ struct CpuShares {
     bench: Option<f64>,
     fakes: Option<f64>,
     broker: Option<f64>,
+    store: Option<f64>,
     idle: Option<f64>,
 }
 
 impl CpuMarks {
-    fn take(broker_pid: Option<u32>) -> CpuMarks {
+    fn take(watched: Watched) -> CpuMarks {
         CpuMarks {
-            broker_pid,
+            watched,
             bench: proc_usage(std::process::id()).0,
             fakes: fakes_cpu(),
-            broker: broker_pid.and_then(|pid| proc_usage(pid).0),
+            broker: watched.broker.and_then(|pid| proc_usage(pid).0),
+            store: watched.store.and_then(server_cpu),
             machine: machine_ticks(),
         }
     }
 
     fn since(&self) -> CpuShares {
-        let now = CpuMarks::take(self.broker_pid);
+        let now = CpuMarks::take(self.watched);
         let spent = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         let idle = match (self.machine, now.machine) {
             (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
@@ -733,18 +778,25 @@ impl CpuMarks {
             bench: spent(self.bench, now.bench),
             fakes: spent(self.fakes, now.fakes),
             broker: spent(self.broker, now.broker),
+            store: spent(self.store, now.store),
             idle,
         }
     }
 }
 
-/// The broker's process, when it runs on this machine: the one holding the
-/// listening socket of the broker URL's port (Linux; `None` if it cannot be
-/// told, say without the right to read other processes' descriptors).
+/// The broker's process, when it runs on this machine.
 fn broker_pid(broker: &str) -> Option<u32> {
-    let url = url::Url::parse(broker).ok()?;
-    // `amqp` is not a scheme the URL standard knows, so an IPv4 host is
-    // kept as written (a bracketed IPv6 one is still parsed).
+    local_listener(broker, 5672)
+}
+
+/// The process of a server on this machine: the one holding the listening
+/// socket of the URL's port (`default_port` if it names none; Linux; `None`
+/// if it cannot be told, say without the right to read other processes'
+/// descriptors).
+fn local_listener(server: &str, default_port: u16) -> Option<u32> {
+    let url = url::Url::parse(server).ok()?;
+    // `amqp` and `postgres` are not schemes the URL standard knows, so an
+    // IPv4 host is kept as written (a bracketed IPv6 one is still parsed).
     let local = match url.host()? {
         url::Host::Domain(d) => {
             d == "localhost"
@@ -757,7 +809,7 @@ fn broker_pid(broker: &str) -> Option<u32> {
     if !local {
         return None;
     }
-    let port = url.port().unwrap_or(5672);
+    let port = url.port().unwrap_or(default_port);
     let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|t| std::fs::read_to_string(t).ok())
@@ -880,7 +932,14 @@ async fn herald_run(
         .spawn()?;
         children.push(Instance { child, addr });
     }
-    let marks = CpuMarks::take(broker);
+    let marks = CpuMarks::take(Watched {
+        broker,
+        store: scratch
+            .database
+            .is_some()
+            .then(|| local_listener(&store_url, 5432))
+            .flatten(),
+    });
     let spawned = Instant::now();
     let deadline = spawned + Duration::from_secs(1800);
     let sent = || twilio.sent_count() + resend.sent_count() - sent_before;
@@ -959,6 +1018,7 @@ async fn herald_run(
         bench_cpu_seconds: shares.bench,
         fakes_cpu_seconds: shares.fakes,
         broker_cpu_seconds: shares.broker,
+        store_cpu_seconds: shares.store,
         machine_idle_share: shares.idle,
     })
 }
@@ -1159,7 +1219,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         rounds,
     };
     println!(
-        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "{:<36} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
         "run",
         "events",
         "seconds",
@@ -1172,6 +1232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         "bench s",
         "fakes s",
         "broker s",
+        "store s",
         "idle %"
     );
     let numbered = results.rounds.len() > 1;
@@ -1183,7 +1244,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
                 r.name.clone()
             };
             println!(
-                "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                "{:<36} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
                 name,
                 r.events,
                 r.seconds,
@@ -1196,6 +1257,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
                 fmt_opt(r.bench_cpu_seconds, 2),
                 fmt_opt(r.fakes_cpu_seconds, 2),
                 fmt_opt(r.broker_cpu_seconds, 2),
+                fmt_opt(r.store_cpu_seconds, 2),
                 fmt_opt(r.machine_idle_share.map(|s| s * 100.0), 0)
             );
         }
@@ -1216,6 +1278,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     }
     // On a machine with no idle core, throughput follows what a message
     // costs everyone: these figures compare across machines and runs.
+    // A PostgreSQL store's server is a fourth party (a SQLite store works
+    // inside the engine).
+    let store = median.herald.store_cpu_seconds.is_some();
     let costs: Vec<String> = median
         .runs()
         .map(|r| {
@@ -1223,13 +1288,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
                 .name
                 .split_once(" (")
                 .map_or(r.name.as_str(), |(who, _)| who);
-            let per_message = [r.cpu_seconds, r.fakes_cpu_seconds, r.broker_cpu_seconds]
-                .map(|s| fmt_opt(s.map(|s| s * 1e6 / r.events as f64), 0));
+            let mut parties = vec![r.cpu_seconds, r.fakes_cpu_seconds, r.broker_cpu_seconds];
+            if store {
+                parties.push(r.store_cpu_seconds);
+            }
+            let per_message: Vec<String> = parties
+                .into_iter()
+                .map(|s| fmt_opt(s.map(|s| s * 1e6 / r.events as f64), 0))
+                .collect();
             format!("{who} {}", per_message.join(" / "))
         })
         .collect();
     println!(
-        "CPU µs per message (engine / fakes / broker){}: {}",
+        "CPU µs per message (engine / fakes / broker{}){}: {}",
+        if store { " / store server" } else { "" },
         if numbered { ", the median round" } else { "" },
         costs.join("; ")
     );
@@ -1282,6 +1354,7 @@ mod tests {
             bench_cpu_seconds: None,
             fakes_cpu_seconds: None,
             broker_cpu_seconds: None,
+            store_cpu_seconds: None,
             machine_idle_share: None,
         };
         Round {
@@ -1410,6 +1483,35 @@ mod tests {
         priorities.dedup();
         assert_eq!(priorities.len(), classes.len(), "one level a class");
         assert!(targets(&shipped, &["no_such_class".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn a_servers_cpu_counts_its_children_running_and_ended() {
+        let me = std::process::id();
+        let before = server_cpu(me).expect("this process's CPU");
+        // A child that spends CPU until it is stopped.
+        let mut child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let child_cpu = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+            stat_cpu(&stat)
+        };
+        while child_cpu().is_some_and(|s| s < 0.1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Running, it is counted among the children ...
+        let running = server_cpu(me).unwrap() - before;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // ... and ended and reaped, in this process's own `cutime`.
+        let ended = server_cpu(me).unwrap() - before;
+        assert!(running >= 0.1, "{running} s while the child ran");
+        assert!(
+            ended >= running,
+            "{ended} s after it ended, {running} s before"
+        );
     }
 
     #[test]

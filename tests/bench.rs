@@ -71,6 +71,9 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     // fakes' (this process) and from the idle share.
     assert!(h.broker_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
     assert!(h.bench_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
+    // So does the PostgreSQL server: it wrote every event's claim and
+    // record, on backends of its own.
+    assert!(h.store_cpu_seconds.is_some_and(|s| s > 0.0), "{h:?}");
     assert!(
         h.machine_idle_share
             .is_some_and(|s| (0.0..=1.0).contains(&s)),
@@ -81,6 +84,7 @@ async fn two_instances_on_postgres_send_every_event_through_provider_errors() {
     assert_eq!(written["error_rate"], 0.2);
     assert_eq!(written["herald"]["provider_errors"], errors);
     assert!(written["herald"]["broker_cpu_seconds"].as_f64().is_some());
+    assert!(written["herald"]["store_cpu_seconds"].as_f64().is_some());
 }
 
 /// The storage version the broker reports for a plain queue of the bench
@@ -141,6 +145,9 @@ async fn rounds_alternate_baseline_and_herald_and_the_median_round_is_reported()
             .as_ref()
             .expect("each round runs the baseline");
         assert_eq!((base.events, round.herald.events), (200, 200));
+        // A SQLite store works inside herald; the baseline has none.
+        assert_eq!(round.herald.store_cpu_seconds, None);
+        assert_eq!(base.store_cpu_seconds, None);
         let ratio = round.ratio.expect("each round has its ratio");
         assert_eq!(ratio, round.herald.per_second / base.per_second);
         ratios.push(ratio);
