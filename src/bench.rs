@@ -649,12 +649,20 @@ fn stat_parts(stat: &str) -> Option<(&str, &str)> {
 
 /// The CPU seconds (user and system) of a `/proc/.../stat` line.
 fn stat_cpu(stat: &str) -> Option<f64> {
+    stat_seconds(stat, 11..=12)
+}
+
+/// The sum of a `/proc/.../stat` line's clock-tick fields `fields`
+/// (counted after the command name: state 0, ppid 1, ..., utime 11, stime
+/// 12, cutime 13, cstime 14), in seconds.
+fn stat_seconds(stat: &str, fields: std::ops::RangeInclusive<usize>) -> Option<f64> {
     let ticks = 100.0; // USER_HZ on Linux
     let (_, rest) = stat_parts(stat)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
+    let sum = fields
+        .map(|i| f.get(i)?.parse::<f64>().ok())
+        .sum::<Option<f64>>()?;
+    Some(sum / ticks)
 }
 
 /// Whether a thread of this process serves the fakes: each fake's own
@@ -703,22 +711,16 @@ fn machine_ticks() -> Option<(u64, u64)> {
 /// (PostgreSQL's postmaster): its own, its children's, and those of its
 /// children that have ended (`cutime`, `cstime`).
 fn server_cpu(pid: u32) -> Option<f64> {
-    let ticks = 100.0; // USER_HZ on Linux
-    let field =
-        |rest: &str, i: usize| -> Option<f64> { rest.split_whitespace().nth(i)?.parse().ok() };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat_parts(&stat)?;
-    // After the name: state, ppid, ...; utime, stime, cutime, cstime at 11–14.
-    let mut sum = (11..=14).map(|i| field(rest, i)).sum::<Option<f64>>()? / ticks;
+    let mut sum = stat_seconds(&stat, 11..=14)?;
     let parent = pid.to_string();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue; // not a process, or it ended meanwhile
         };
-        if let Some((_, rest)) = stat_parts(&stat) {
-            if rest.split_whitespace().nth(1) == Some(parent.as_str()) {
-                sum += stat_cpu(&stat).unwrap_or(0.0);
-            }
+        let ppid = stat_parts(&stat).and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(parent.as_str()) {
+            sum += stat_cpu(&stat).unwrap_or(0.0);
         }
     }
     Some(sum)
@@ -848,12 +850,16 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
+/// The local PostgreSQL server that `--store postgres` makes its databases
+/// on (`psql -h 127.0.0.1 -U postgres`).
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
 async fn herald_run(
     args: &BenchArgs,
     vhost_url: &str,
     twilio: &FakeTwilio,
     resend: &FakeResend,
-    broker: Option<u32>,
+    watched: Watched,
 ) -> anyhow::Result<Run> {
     let mut scratch = Scratch {
         dir: tempfile_dir()?,
@@ -879,7 +885,7 @@ async fn herald_run(
             if !psql(&format!("CREATE DATABASE {db}")) {
                 bail!("could not create a PostgreSQL database (psql -h 127.0.0.1 -U postgres)");
             }
-            let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+            let url = format!("{PG_SERVER}/{db}");
             scratch.database = Some(db);
             url
         }
@@ -932,14 +938,7 @@ async fn herald_run(
         .spawn()?;
         children.push(Instance { child, addr });
     }
-    let marks = CpuMarks::take(Watched {
-        broker,
-        store: scratch
-            .database
-            .is_some()
-            .then(|| local_listener(&store_url, 5432))
-            .flatten(),
-    });
+    let marks = CpuMarks::take(watched);
     let spawned = Instant::now();
     let deadline = spawned + Duration::from_secs(1800);
     let sent = || twilio.sent_count() + resend.sent_count() - sent_before;
@@ -1181,8 +1180,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     resend.set_latency(Duration::from_millis(args.latency_ms));
     twilio.set_record_requests(false);
     resend.set_record_requests(false);
-    // Looked up once: both runs read the same broker's counters.
-    let broker = broker_pid(&args.broker);
+    // Looked up once: every run reads the same processes' counters.
+    let watched = Watched {
+        broker: broker_pid(&args.broker),
+        store: (args.store == "postgres")
+            .then(|| local_listener(PG_SERVER, 5432))
+            .flatten(),
+    };
     let mut rounds = Vec::with_capacity(args.rounds);
     for _ in 0..args.rounds {
         let base = if args.no_baseline {
@@ -1190,12 +1194,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
         } else {
             twilio.set_error_rate(0.0, 0);
             resend.set_error_rate(0.0, 0);
-            Some(baseline(&args, &vhost_url, &twilio, broker).await?)
+            Some(baseline(&args, &vhost_url, &twilio, watched.broker).await?)
         };
         let seed = rand::random::<u64>();
         twilio.set_error_rate(args.error_rate, seed);
         resend.set_error_rate(args.error_rate, seed.wrapping_add(1));
-        let herald = herald_run(&args, &vhost_url, &twilio, &resend, broker).await?;
+        let herald = herald_run(&args, &vhost_url, &twilio, &resend, watched).await?;
         let ratio = base.as_ref().map(|b| herald.per_second / b.per_second);
         rounds.push(Round {
             baseline: base,
