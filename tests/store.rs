@@ -1246,12 +1246,8 @@ async fn measure(db: &Db) {
 /// a `-wal` file left behind means a connection stayed open.
 #[tokio::test]
 async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
-    let db = Db::sqlite().await;
-    let claims: Vec<Claim> = (0..20)
-        .map(|i| claim(&format!("w{i}"), "sms", 1, T0))
-        .collect();
-    db.store.claim(&claims).await.unwrap();
-    let wal = format!("{}-wal", db.url.trim_start_matches("sqlite://"));
+    let (db, path) = sqlite_file_with_20_claims("w").await;
+    let wal = format!("{path}-wal");
     assert!(std::path::Path::new(&wal).exists(), "{wal} while open");
     db.store.close().await;
     assert!(
@@ -1265,15 +1261,10 @@ async fn closing_a_sqlite_store_closes_its_writer_after_commits() {
 /// far below SQLite's own threshold of 1,000 pages.
 #[tokio::test]
 async fn a_sqlite_stores_commits_reach_its_file_without_another_commit() {
-    let db = Db::sqlite().await;
-    let claims: Vec<Claim> = (0..20)
-        .map(|i| claim(&format!("f{i}"), "sms", 1, T0))
-        .collect();
-    db.store.claim(&claims).await.unwrap();
-    let path = db.url.trim_start_matches("sqlite://");
+    let (_db, path) = sqlite_file_with_20_claims("f").await;
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let in_file = messages_in_file(path);
+        let in_file = messages_in_file(&path);
         if in_file == 20 {
             break;
         }
@@ -1283,6 +1274,18 @@ async fn a_sqlite_stores_commits_reach_its_file_without_another_commit() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A SQLite file store that has committed 20 claims (event ids `prefix`0
+/// to 19), and its file's path.
+async fn sqlite_file_with_20_claims(prefix: &str) -> (Db, String) {
+    let db = Db::sqlite().await;
+    let claims: Vec<Claim> = (0..20)
+        .map(|i| claim(&format!("{prefix}{i}"), "sms", 1, T0))
+        .collect();
+    db.store.claim(&claims).await.unwrap();
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    (db, path)
 }
 
 /// The messages that the database file at `path` holds without its log: a
